@@ -1,0 +1,37 @@
+"""Errors a user can act on: each carries a one-line message and a process exit code."""
+
+from __future__ import annotations
+
+
+class EdgeKDError(Exception):
+    """Base of every error edgekd reports to a user instead of a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(EdgeKDError):
+    """A bad command-line value, recipe key or target name."""
+
+    exit_code = 2
+
+
+class InputError(EdgeKDError):
+    """A missing, unreadable or corrupt file the user pointed us at."""
+
+    exit_code = 3
+
+
+class ShapeError(EdgeKDError):
+    """Data that does not fit the teacher."""
+
+    exit_code = 4
+
+
+class StageError(EdgeKDError):
+    """A stage could not do its work (unsupported op, NaN loss, runtime failure)."""
+
+    exit_code = 5
