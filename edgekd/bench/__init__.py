@@ -1,0 +1,89 @@
+"""Stage 5, bench: teacher and student latency per target runtime, interleaved on the same inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..atomic import write_json
+from ..context import Context
+from ..runtimes import get_runtime
+from .environment import describe_environment
+from .timing import measure_interleaved
+
+
+def run(ctx: Context) -> Context:
+    cfg = ctx.recipe.bench
+    artifacts = {(a["model"], a["runtime"]): a for a in ctx.read_json("export", "artifacts.json")}
+    checks = {(r["model"], r["runtime"]): r for r in ctx.read_json("verify", "verify.json")["results"]}
+    precision = {"teacher": "fp32", "student": student_precision(ctx)}
+    results, runtimes = [], {}
+    for target in ctx.targets:
+        for rt in target.runtimes:
+            pair = {m: artifacts.get((m, rt.name)) for m in precision}
+            reason = target.unavailable_reason() or next(
+                (a["reason"] for a in pair.values() if a is None or a["status"] != "ok"), None
+            )
+            sessions = {}
+            if reason is None:
+                runtime = get_runtime(rt.name)
+                runtimes[rt.name] = runtime.describe()
+                sessions = {m: runtime.open(ctx.run.path / a["path"], cfg.threads) for m, a in pair.items()}
+            for batch in cfg.batches:
+                stats = {}
+                if sessions:
+                    x = _batch(ctx.data.test.x, batch)
+                    calls = {m: (lambda s=s: s.run(x)) for m, s in sessions.items()}
+                    stats = measure_interleaved(
+                        calls, warmup=cfg.warmup, min_runs=cfg.min_runs, min_seconds=cfg.min_seconds
+                    )
+                for model in precision:
+                    check = checks.get((model, rt.name), {})
+                    row = {
+                        "model": model,
+                        "runtime": rt.name,
+                        "target": target.name,
+                        "precision": precision[model],
+                        "batch": batch,
+                        "latency_ms": None,
+                        "throughput_ips": None,
+                        "size_bytes": (pair[model] or {}).get("size_bytes"),
+                        "accuracy": check.get("accuracy"),
+                        "agreement": check.get("top1_agreement"),
+                        "status": "skipped" if reason else "ok",
+                        "reason": reason,
+                    }
+                    if model in stats:
+                        s = stats[model]
+                        row.update(
+                            latency_ms={"p50": s.p50, "p90": s.p90, "p99": s.p99, "mean": s.mean},
+                            throughput_ips=s.throughput(batch),
+                            runs=s.runs,
+                        )
+                    results.append(row)
+                if stats:
+                    ratio = stats["teacher"].p50 / stats["student"].p50
+                    ctx.log(
+                        f"  {target.name}/{rt.name} batch {batch}: teacher {stats['teacher'].p50:.3f} ms, "
+                        f"student {stats['student'].p50:.3f} ms (x{ratio:.2f})"
+                    )
+            if reason:
+                ctx.log(f"  [yellow]{target.name}/{rt.name}: skipped ({reason})[/yellow]")
+    write_json(ctx.out("bench.json"), {"results": results, "runtimes": runtimes, "environment": describe_environment()})
+    ctx.metrics.update(rows=len(results), skipped=sum(r["status"] == "skipped" for r in results))
+    return ctx
+
+
+def student_precision(ctx: Context) -> str:
+    """e.g. ``w4a8+2:4``; ``mixed`` when layers differ, so a row never claims more than it runs."""
+    bits = {lp.weight_bits for lp in ctx.plan.layers}
+    acts = {lp.activation_bits for lp in ctx.plan.layers}
+    w = "mixed" if len(bits) > 1 else ("fp32" if None in bits else f"w{bits.pop()}")
+    a = "" if None in acts or len(acts) != 1 or w == "fp32" else f"a{acts.pop()}"
+    sparse = "+2:4" if any(lp.sparsity == "2:4" for lp in ctx.plan.layers) else ""
+    return f"{w}{a}{sparse}"
+
+
+def _batch(x: np.ndarray, batch: int) -> np.ndarray:
+    """``batch`` real test inputs, repeated if the test split is smaller."""
+    reps = -(-batch // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch])

@@ -1,0 +1,167 @@
+"""The command line: parse, call, print. No logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import EdgeKDError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+STAGE_NAMES = ("prune", "distill", "export", "verify", "bench", "report")
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """One line and an exit code instead of a traceback, unless --debug."""
+
+    @click.option("--debug", is_flag=True, help="Show full tracebacks.")
+    @functools.wraps(fn)
+    def wrapper(*args, debug: bool = False, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeKDError as exc:
+            if debug:
+                traceback.print_exc()
+            err.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/red]; finished stages are kept, resume with --resume")
+            sys.exit(130)
+        except Exception as exc:
+            if debug:
+                raise
+            err.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (re-run with --debug for details)", soft_wrap=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _logger(quiet: bool) -> Callable[[str], None]:
+    return (lambda _msg: None) if quiet else (lambda msg: out.print(msg, soft_wrap=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekd")
+def main() -> None:
+    """edgekd: prune, distill (QAT + KD), export, verify, benchmark and report, in one command."""
+
+
+@main.command()
+@click.option("--teacher", help="demo (default), package.module:factory, or a torch.export .pt2 file.")
+@click.option("--weights", type=click.Path(), help="State dict for a factory teacher (loaded weights_only).")
+@click.option("--data", help="digits (default), an image folder, an .npz with x (and y), or package.module:factory.")
+@click.option("--recipe", help="Preset name (default, w8a8, small) or a recipe YAML file.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. quant.weight_bits=3.")
+@click.option("--target", "targets", multiple=True, help="Target device (repeatable); default x86-cpu. See 'edgekd targets'.")
+@click.option("--out", type=click.Path(), help="Run directory (default: edgekd-runs/<teacher>-<time>).")
+@click.option("--resume", is_flag=True, help="Skip finished stages whose inputs are unchanged.")
+@click.option("--trust-checkpoint", is_flag=True, default=None, help="Allow checkpoints that unpickle Python objects.")
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+@friendly_errors
+def compress(teacher, weights, data, recipe, overrides, targets, out: str | None, resume, trust_checkpoint, quiet) -> None:
+    """Run every stage: prune, distill, export, verify, bench, report."""
+    from .pipeline import compress as run_pipeline
+
+    run_dir = run_pipeline(
+        out=out,
+        resume=resume,
+        log=_logger(quiet),
+        teacher=teacher,
+        weights=weights,
+        data=data,
+        recipe=recipe,
+        set=list(overrides),
+        targets=list(targets),
+        trust_checkpoint=trust_checkpoint,
+    )
+    print_summary(run_dir)
+
+
+def _stage_command(name: str) -> None:
+    @main.command(name=name, help=f"Re-run the {name} stage of RUN_DIR (later stages become stale).")
+    @click.argument("run_dir", type=click.Path())
+    @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+    @friendly_errors
+    def command(run_dir: str, quiet: bool) -> None:
+        from .pipeline import run_one
+
+        run_one(run_dir, name, _logger(quiet))
+        if name == "report":
+            print_summary(Path(run_dir))
+
+
+for _name in STAGE_NAMES:
+    _stage_command(_name)
+
+
+@main.command()
+@friendly_errors
+def targets() -> None:
+    """List the built-in targets and what each runtime on them really accelerates."""
+    from .targets import load_target, target_names
+
+    table = Table("target", "runtime", "loads weight bits", "faster than float", "2:4 sparse", "here?")
+    for name in target_names():
+        t = load_target(name)
+        for rt in t.runtimes:
+            fast = ", ".join(f"{op}: {'/'.join(map(str, b))}" for op, b in rt.fast_weight_bits.items() if b)
+            table.add_row(name, rt.name, "/".join(map(str, rt.weight_bits)), fast, ", ".join(rt.sparse_2of4) or "no", t.unavailable_reason() or "yes")
+    out.print(table)
+
+
+@main.group()
+def recipe() -> None:
+    """Recipes: presets and YAML files."""
+
+
+@recipe.command("show")
+@click.argument("preset", default="default")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@friendly_errors
+def recipe_show(preset: str, overrides) -> None:
+    """Print the resolved YAML of a preset or recipe file."""
+    from .recipe import load_recipe
+
+    click.echo(load_recipe(preset, list(overrides)).to_yaml(), nl=False)
+
+
+@main.command()
+@click.argument("model_or_run")
+@click.option("--data", help="Data giving the input shape, for a teacher spec (default digits).")
+@click.option("--trust-checkpoint", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@friendly_errors
+def inspect(model_or_run: str, data: str | None, trust_checkpoint: bool, as_json: bool) -> None:
+    """Per layer: parameters, MACs, sparsity pattern, weight bits (a run's student, or a teacher)."""
+    from .inspect import inspect_target
+
+    rows = inspect_target(model_or_run, data, trust_checkpoint)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("layer", "type", "weight shape", "params", "MACs", "sparsity", "weight bits")
+    for r in rows:
+        table.add_row(r["layer"], r["type"], "x".join(map(str, r["weight_shape"])), f"{r['params']:,}", f"{r['macs']:,}", r["sparsity"], str(r["weight_bits"]))
+    out.print(table)
+
+
+def print_summary(run_dir: Path) -> None:
+    from .report import summary_rows
+
+    report = json.loads((Path(run_dir) / "report.json").read_text(encoding="utf-8"))
+    table = Table("", "teacher", "student", "student vs teacher", title="edgekd: teacher vs student")
+    for row in summary_rows(report):
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"report: {Path(run_dir) / 'report.md'}  (JSON: {Path(run_dir) / 'report.json'})", soft_wrap=True)

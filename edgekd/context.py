@@ -1,0 +1,55 @@
+"""The context every stage receives: run directory, recipe, plan, teacher, data and a logger."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import DataSplits
+from .plan import Plan
+from .recipe import Recipe
+from .rundir import RunDir
+from .targets import Target
+
+
+@dataclass
+class Context:
+    run: RunDir
+    recipe: Recipe
+    targets: list[Target]
+    teacher: nn.Module
+    data: DataSplits
+    plan: Plan
+    log: Callable[[str], None] = print
+    stage: str = ""
+    outputs: list[Path] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def example(self) -> torch.Tensor:
+        """A batch of two real inputs: tracing needs one, and batch 2 keeps exported batch dims dynamic."""
+        return torch.from_numpy(self.data.train.x[:2])
+
+    def out(self, name: str, stage_dir: bool = True) -> Path:
+        """A path this stage writes (registered for the manifest); under its own folder by default."""
+        path = (self.run.path / self.stage / name) if stage_dir else (self.run.path / name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.outputs.append(path)
+        return path
+
+    def path_of(self, stage: str, name: str) -> Path:
+        """A file an earlier stage wrote."""
+        return self.run.path / stage / name
+
+    def read_json(self, stage: str, name: str) -> Any:
+        return self.read_json_file(self.path_of(stage, name))
+
+    @staticmethod
+    def read_json_file(path: Path) -> Any:
+        return json.loads(path.read_text(encoding="utf-8"))

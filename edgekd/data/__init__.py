@@ -1,0 +1,8 @@
+"""Data: every source becomes the same seeded train/val/test split of float32 arrays."""
+
+from __future__ import annotations
+
+from .splits import DataSplits, Split, split_arrays
+from .sources import load_data
+
+__all__ = ["DataSplits", "Split", "load_data", "split_arrays"]

@@ -1,0 +1,102 @@
+"""Data sources: ``digits``, an image folder, an ``.npz`` file, or ``package.module:factory``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, UsageError
+from ..specs import import_factory
+from .splits import DataSplits, Split, split_arrays
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load_data(spec: str | None) -> DataSplits:
+    spec = spec or "digits"
+    if spec == "digits":
+        return _digits()
+    path = Path(spec)
+    if path.is_dir():
+        return _image_folder(path)
+    if spec.endswith(".npz"):
+        return _npz(path)
+    if ":" in spec and not path.exists():
+        return _factory(spec)
+    raise InputError(
+        f"data '{spec}' not found; pass 'digits', an image folder (one subfolder per class), "
+        "an .npz with 'x' (and optional 'y'), or package.module:factory"
+    )
+
+
+def _digits() -> DataSplits:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8) in [0, 1]
+    return split_arrays("digits", x, bunch.target)
+
+
+def _npz(path: Path) -> DataSplits:
+    if not path.is_file():
+        raise InputError(f"data file '{path}' not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "x" not in npz:
+                raise InputError(f"data file '{path}' has no array 'x' (found: {', '.join(npz.files)})")
+            x, y = npz["x"], npz["y"] if "y" in npz else None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"data file '{path}' is not a readable .npz ({exc})") from None
+    if y is not None and len(y) != len(x):
+        raise InputError(f"data file '{path}': 'y' has {len(y)} labels for {len(x)} inputs")
+    return split_arrays(path.stem, x, y)
+
+
+def _image_folder(root: Path) -> DataSplits:
+    """One subfolder per class; images keep their size (all must match) and scale to [0, 1]."""
+    from PIL import Image
+
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise InputError(f"image folder '{root}' has no class subfolders; put images in {root}/<class>/")
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((root / cls).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as img:
+                    images.append(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
+            except OSError as exc:
+                raise InputError(f"image '{f}' is unreadable ({exc})") from None
+            labels.append(label)
+    if not images:
+        raise InputError(f"image folder '{root}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if len({im.shape for im in images}) > 1:
+        raise InputError(f"images in '{root}' differ in size; resize them to one size first")
+    x = np.stack(images).transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    return split_arrays(root.name, x, np.asarray(labels))
+
+
+def _factory(spec: str) -> DataSplits:
+    """``factory()`` returns (train, val, test) datasets, or a dict with those keys."""
+    result = import_factory(spec, "data")()
+    if isinstance(result, dict):
+        result = tuple(result.get(k) for k in ("train", "val", "test"))
+    if not isinstance(result, (tuple, list)) or len(result) != 3:
+        raise UsageError(f"data factory '{spec}' must return (train, val, test) datasets")
+    return DataSplits(spec, *(_materialize(ds, spec) for ds in result))
+
+
+def _materialize(dataset, spec: str) -> Split:
+    """Datasets yielding ``x`` or ``(x, y)`` become arrays (edge calibration sets fit in memory)."""
+    xs, ys = [], []
+    for item in dataset:
+        x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+        xs.append(np.asarray(x, dtype=np.float32))
+        ys.append(y)
+    if not xs:
+        raise InputError(f"data factory '{spec}' returned an empty dataset")
+    labelled = all(y is not None for y in ys)
+    return Split(np.stack(xs), np.asarray([int(y) for y in ys], dtype=np.int64) if labelled else None)

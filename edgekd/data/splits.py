@@ -1,0 +1,66 @@
+"""Seeded splits, so every stage and every resumed run sees the same examples."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # float32, (N, ...)
+    y: np.ndarray | None  # int64 labels, or None: the teacher's outputs are the targets
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def labelled(self) -> bool:
+        return self.train.y is not None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for split in (self.train, self.val, self.test):
+            digest.update(np.ascontiguousarray(split.x).tobytes())
+            if split.y is not None:
+                digest.update(np.ascontiguousarray(split.y).tobytes())
+        return digest.hexdigest()
+
+
+def split_arrays(
+    name: str, x: np.ndarray, y: np.ndarray | None, seed: int = 0, val: float = 0.15, test: float = 0.15
+) -> DataSplits:
+    """Shuffle once with a fixed seed, then cut train/val/test (stratified when labelled)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = None if y is None else np.asarray(y, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    if y is None:
+        order = rng.permutation(len(x))
+        n_test, n_val = round(len(x) * test), round(len(x) * val)
+        parts = [order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]]
+    else:
+        parts = [[], [], []]
+        for cls in np.unique(y):
+            idx = rng.permutation(np.flatnonzero(y == cls))
+            n_test, n_val = round(len(idx) * test), round(len(idx) * val)
+            for part, chosen in zip(parts, (idx[n_test + n_val :], idx[n_test : n_test + n_val], idx[:n_test]), strict=True):
+                part.extend(chosen)
+        parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    splits = [Split(x[p], None if y is None else y[p]) for p in parts]
+    if min(len(s) for s in splits) == 0:
+        raise ValueError(f"data '{name}' has too few examples ({len(x)}) for a train/val/test split")
+    return DataSplits(name, *splits)

@@ -1,0 +1,30 @@
+"""Stage 2, distill: quantization-aware distillation of the pruned student against the teacher."""
+
+from __future__ import annotations
+
+from ..context import Context
+from ..evaluate import accuracy, predict, torch_fn
+from ..models import load_student, save_student
+from ..quant import fold_batchnorm, prepare_qat
+from .train import distill
+
+
+def run(ctx: Context) -> Context:
+    student, ckpt = load_student(ctx.teacher, ctx.path_of("prune", "student.pt"), ctx.plan, ctx.example)
+    fold_batchnorm(student, ctx.example)
+    prepare_qat(student, ctx.plan)
+    result = distill(student, ctx.teacher, ctx.data, ctx.recipe.distill, ctx.log)
+    save_student(student, ctx.out("student.pt"), ckpt["pruning"], folded=True, quantized=True)
+    test = ctx.data.test
+    teacher_logits = predict(torch_fn(ctx.teacher), test.x)
+    ctx.metrics.update(
+        result,
+        teacher_accuracy=accuracy(teacher_logits, test, teacher_logits),
+        student_accuracy=accuracy(predict(torch_fn(student), test.x), test, teacher_logits),
+        labelled=ctx.data.labelled,
+    )
+    ctx.log(
+        f"  test accuracy: teacher {ctx.metrics['teacher_accuracy']:.1%}, "
+        f"student {ctx.metrics['student_accuracy']:.1%}"
+    )
+    return ctx

@@ -1,0 +1,44 @@
+"""Predictions and accuracy, the same way for PyTorch models and runtime sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Split
+
+
+def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(x[i : i + batch]), dtype=np.float32) for i in range(0, len(x), batch)])
+
+
+def torch_fn(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+    return run
+
+
+def accuracy(logits: np.ndarray, split: Split, teacher_logits: np.ndarray) -> float:
+    """Top-1 accuracy against labels; without labels, agreement with the teacher's top-1."""
+    truth = split.y if split.y is not None else teacher_logits.argmax(1)
+    return float((logits.argmax(1) == truth).mean())
+
+
+def agreement(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    diff = np.abs(logits - reference)
+    return {
+        "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+        "max_abs_error": float(diff.max()),
+        "mean_abs_error": float(diff.mean()),
+    }
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,269 @@
+"""Rewrite an exported float ONNX graph into a real low-bit QDQ graph.
+
+Why this exists: torch's ONNX exporters cannot emit fake-quant ops below 8 bits, so the student is
+exported as a float graph whose weights already equal the dequantized codes, and this module swaps
+those weights for integer codes feeding ``DequantizeLinear`` and puts int8 ``QuantizeLinear ->
+DequantizeLinear`` pairs on activations. Runtimes then see the same numbers training saw.
+
+Storage (all DequantizeLinear opset 21, IR version 10): 8-bit codes use INT8/UINT8, 4-bit codes
+INT4/UINT4. ONNX has no 3-bit type, so 3-bit codes live in INT4/UINT4; their range is still
+checked against 3 bits. 2-bit codes also live in INT4/UINT4 although ONNX has INT2/UINT2
+(opset 25): OpenVINO 2026.4 refuses to load INT2 ("Unsupported type"), and onnxruntime 1.32
+fuses DequantizeLinear(INT2) -> MatMul into a MatMulNBits that returns wrong numbers whenever the
+output width is not a multiple of 4. The cost is 4 bits of storage per 2-bit weight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnxscript import version_converter
+
+from edgekd.errors import StageError
+
+_CONTAINERS = {
+    (8, True): ir.DataType.INT8,
+    (8, False): ir.DataType.UINT8,
+    (4, True): ir.DataType.INT4,
+    (4, False): ir.DataType.UINT4,
+    (3, True): ir.DataType.INT4,
+    (3, False): ir.DataType.UINT4,
+    (2, True): ir.DataType.INT4,
+    (2, False): ir.DataType.UINT4,
+}
+_OPSET = 21  # first DequantizeLinear with INT4/UINT4 and block_size
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """Integer codes and the parameters that dequantize them: w = (q - zero_point) * scale.
+
+    ``q`` has the torch weight layout (Linear ``(out, in)``, Conv ``(out, in/groups, kh, kw)``).
+    Per-channel (``block_size=None``): ``scale`` has shape ``(out,)``. Blocked along the input
+    dim: ``scale`` is shaped like ``q`` with axis 1 replaced by ``ceil(in / block_size)``, as
+    ONNX blocked ``DequantizeLinear`` expects. ``zero_point`` matches ``scale``; None means
+    symmetric (zero point 0).
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    bits: int
+    signed: bool
+    block_size: int | None = None
+
+
+def dequantize(t: QuantizedTensor) -> np.ndarray:
+    """float32 weights exactly as ONNX ``DequantizeLinear`` computes them from ``t``."""
+    codes = t.q.astype(np.int32)
+    if t.zero_point is not None:
+        codes = codes - _broadcast(t, np.asarray(t.zero_point).astype(np.int32))
+    return codes.astype(np.float32) * _broadcast(t, np.asarray(t.scale, dtype=np.float32))
+
+
+def quantize_weights(
+    model: onnx.ModelProto, weights: dict[str, QuantizedTensor]
+) -> onnx.ModelProto:
+    """Replace each named float initializer by low-bit codes + DequantizeLinear feeding every
+    original consumer.
+
+    Keys are torch parameter names. The exporter's optimizer folds the ``Transpose`` in front of
+    a ``MatMul`` (``nn.Linear`` on a 3-D input) into a new initializer such as ``val_4`` holding
+    ``weight.T``; a name missing from the graph is therefore looked up as the one initializer
+    equal to ``dequantize(t).T`` and stored transposed, ``(in, out)`` with blocks along axis 0,
+    which is the layout onnxruntime fuses into ``MatMulNBits``. Every initializer must equal
+    ``dequantize(t)`` bit for bit, so the low-bit graph computes what training computed.
+    """
+    irm = ir.from_proto(model)
+    _raise_opset(irm, _OPSET)
+    graph = irm.graph
+    new_nodes = []
+    for name, t in weights.items():
+        _check_codes(name, t)
+        w = dequantize(t)
+        init = graph.initializers.get(name)
+        transposed = init is None
+        if transposed:
+            init = _find_transposed(graph, name, w)
+        else:
+            _check_matches(name, init, w)
+        new_nodes.append(_dequantize_node(graph, name, init, t, transposed))
+    graph.extend(new_nodes)
+    graph.sort()
+    return _to_proto(irm)
+
+
+def quantize_activations(
+    model: onnx.ModelProto, activations: dict[str, tuple[float, int]]
+) -> onnx.ModelProto:
+    """Insert QuantizeLinear -> DequantizeLinear (int8, per-tensor scale, zero point) on each named
+    tensor, rewiring its consumers.
+
+    Graph outputs keep the float value, so only the layers that consume the tensor see it
+    quantized, as with the fake quant in training.
+    """
+    irm = ir.from_proto(model)
+    graph = irm.graph
+    values = {v.name: v for v in graph.inputs}
+    values.update({v.name: v for node in graph for v in node.outputs})
+    new_nodes = []
+    for name, (scale, zero_point) in activations.items():
+        value = values.get(name)
+        if value is None:
+            raise StageError(
+                f"activation {name!r} is not a graph input or node output; check the name"
+            )
+        if not (math.isfinite(scale) and scale > 0):
+            raise StageError(f"activation {name!r} has scale {scale}; calibrate a positive scale")
+        if not -128 <= zero_point <= 127:
+            raise StageError(f"activation {name!r} has zero point {zero_point} outside int8")
+        qparams = [
+            _initializer(graph, f"{name}_scale", np.array(scale, dtype=np.float32)),
+            _initializer(graph, f"{name}_zero_point", np.array(zero_point, dtype=np.int8)),
+        ]
+        dequantized = ir.Value(name=f"{name}_dequantized")
+        value.replace_all_uses_with(dequantized)
+        quantize = ir.node("QuantizeLinear", [value, *qparams], name=f"{name}_QuantizeLinear")
+        quantize.outputs[0].name = f"{name}_quantized"
+        new_nodes += [
+            quantize,
+            ir.node(
+                "DequantizeLinear",
+                [quantize.outputs[0], *qparams],
+                outputs=[dequantized],
+                name=f"{name}_DequantizeLinear",
+            ),
+        ]
+    graph.extend(new_nodes)
+    graph.sort()
+    return _to_proto(irm)
+
+
+def _broadcast(t: QuantizedTensor, param: np.ndarray) -> np.ndarray:
+    """Expand a per-channel or per-block parameter to the shape of ``t.q``."""
+    if t.block_size is None:
+        return param.reshape((-1,) + (1,) * (t.q.ndim - 1))
+    return np.repeat(param, t.block_size, axis=1)[:, : t.q.shape[1]]
+
+
+def _scale_shape(t: QuantizedTensor) -> tuple[int, ...]:
+    if t.block_size is None:
+        return (t.q.shape[0],)
+    return (t.q.shape[0], -(-t.q.shape[1] // t.block_size), *t.q.shape[2:])
+
+
+def _check_codes(name: str, t: QuantizedTensor) -> None:
+    """Reject codes a runtime would read differently from training, naming the weight."""
+    if (t.bits, t.signed) not in _CONTAINERS:
+        raise StageError(f"weight {name!r}: {t.bits}-bit is not exportable; use 2, 3, 4 or 8 bits")
+    if t.q.ndim == 0:
+        raise StageError(f"weight {name!r}: codes are a scalar; per-channel needs an output axis")
+    if t.block_size is not None and (t.block_size < 1 or t.q.ndim < 2):
+        raise StageError(f"weight {name!r}: block size {t.block_size} needs a >= 2-D weight")
+    lo, hi = (-(2 ** (t.bits - 1)), 2 ** (t.bits - 1) - 1) if t.signed else (0, 2**t.bits - 1)
+    params = {"codes": t.q} if t.zero_point is None else {"codes": t.q, "zero point": t.zero_point}
+    for what, arr in params.items():
+        arr = np.asarray(arr)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise StageError(f"weight {name!r}: {what} must be integers, got {arr.dtype}")
+        if arr.size and (arr.min() < lo or arr.max() > hi):
+            raise StageError(
+                f"weight {name!r}: {what} span [{arr.min()}, {arr.max()}], outside "
+                f"{'signed' if t.signed else 'unsigned'} {t.bits}-bit [{lo}, {hi}]"
+            )
+    expected = _scale_shape(t)
+    for what, arr in {"scale": t.scale, "zero point": t.zero_point}.items():
+        if arr is not None and np.shape(arr) != expected:
+            raise StageError(
+                f"weight {name!r}: {what} shape {np.shape(arr)} != {expected} for codes {t.q.shape}"
+            )
+    if np.asarray(t.scale).dtype != np.float32 or not np.isfinite(t.scale).all():
+        raise StageError(f"weight {name!r}: scale must be finite float32")
+
+
+def _find_transposed(graph: ir.Graph, name: str, w: np.ndarray) -> ir.Value:
+    """The initializer the exporter folded from ``weight.T``, found by its exact value."""
+    candidates = graph.initializers.values() if w.ndim == 2 else ()
+    matches = [
+        v
+        for v in candidates
+        if v.const_value is not None
+        and v.const_value.dtype == ir.DataType.FLOAT
+        and tuple(v.const_value.shape) == w.shape[::-1]
+        and np.array_equal(v.const_value.numpy(), w.T)
+    ]
+    if len(matches) != 1:
+        found = "no initializer" if not matches else f"{len(matches)} initializers"
+        raise StageError(
+            f"weight {name!r}: {found} in the ONNX graph by that name or equal to its transpose; "
+            "check the parameter name and that the exported weights are the dequantized ones"
+        )
+    return matches[0]
+
+
+def _check_matches(name: str, init: ir.Value, w: np.ndarray) -> None:
+    tensor = init.const_value
+    if tensor is None or tensor.dtype != ir.DataType.FLOAT:
+        raise StageError(f"weight {name!r}: initializer {init.name!r} is not a float32 constant")
+    if tuple(tensor.shape) != w.shape:
+        raise StageError(
+            f"weight {name!r}: codes shape {w.shape} != initializer shape {tuple(tensor.shape)}"
+        )
+    if not np.array_equal(tensor.numpy(), w):
+        raise StageError(
+            f"weight {name!r}: exported weights differ from the dequantized codes; "
+            "load dequantize() values into the model before exporting"
+        )
+
+
+def _dequantize_node(
+    graph: ir.Graph, name: str, init: ir.Value, t: QuantizedTensor, transposed: bool
+) -> ir.Node:
+    """Build the DequantizeLinear that takes over ``init``'s name and consumers."""
+    container = _CONTAINERS[(t.bits, t.signed)].numpy()
+    params = [t.q.astype(container), t.scale]
+    if t.zero_point is not None:
+        params.append(np.asarray(t.zero_point).astype(container))
+    axis = 0 if t.block_size is None else 1
+    if transposed:
+        params = [p.T for p in params]
+        axis = 1 - axis
+    inputs = [
+        _initializer(graph, f"{name}_{suffix}", np.ascontiguousarray(p))
+        for suffix, p in zip(("quantized", "scale", "zero_point"), params, strict=False)
+    ]
+    attributes = (
+        {"axis": axis} if t.block_size is None else {"axis": axis, "block_size": t.block_size}
+    )
+    node = ir.node("DequantizeLinear", inputs, attributes, name=f"{name}_DequantizeLinear")
+    init.replace_all_uses_with(node.outputs[0], replace_graph_outputs=True)
+    graph.initializers.pop(init.name)
+    if init in graph.inputs:
+        graph.inputs.remove(init)
+    node.outputs[0].name = init.name
+    return node
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def _raise_opset(irm: ir.Model, opset: int) -> None:
+    """Convert the default domain up to ``opset`` so every existing node keeps its meaning."""
+    if irm.opset_imports.get("", 1) < opset:
+        version_converter.convert_version(irm, opset)
+
+
+def _to_proto(irm: ir.Model) -> onnx.ModelProto:
+    """Serialize, raising ir_version to what the (possibly raised) opset requires."""
+    model = ir.to_proto(irm)
+    model.ir_version = max(
+        model.ir_version, onnx.helper.find_min_ir_version_for(model.opset_import, True)
+    )
+    return model

@@ -1,0 +1,89 @@
+"""PyTorch -> ONNX: the float graph from the exporter, then the student's real low-bit tensors."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..errors import StageError
+from ..quant import QuantLayer
+from ..quant.modules import QUANT_CLASS
+from .lowbit import QuantizedTensor, quantize_activations, quantize_weights
+
+OPSET = 21  # DequantizeLinear with INT4/UINT4 and blocked scales
+
+
+def export_float(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    """Dynamo export with a symbolic batch (the example must have batch >= 2 to keep it symbolic)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                model.eval(),
+                (example,),
+                dynamo=True,
+                opset_version=OPSET,
+                dynamic_shapes=({0: batch},),
+                input_names=["input"],
+                output_names=["logits"],
+                verbose=False,
+            )
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StageError(f"ONNX export of {type(model).__name__} failed: {first}") from None
+    return program.model_proto
+
+
+def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    """Export the student as a float graph, then write its low-bit weights and activation QDQ."""
+    plain = copy.deepcopy(student).eval()
+    weights: dict[str, QuantizedTensor] = {}
+    activations: dict[str, tuple[float, int]] = {}
+    plain_class = {q: p for p, q in QUANT_CLASS.items()}
+    for name, module in plain.named_modules():
+        if not isinstance(module, QuantLayer):
+            continue
+        qw = module.export_weight()
+        weights[f"{name}.weight"] = _to_tensor(qw, module.weight_format)
+        if module.act_quant is not None:
+            activations[name] = module.act_quant.qparams()
+        with torch.no_grad():
+            module.weight.copy_(qw.dequantize())
+        module.__class__ = plain_class[type(module)]  # the float twin: same weights, no fake quant
+        del module.act_quant
+    model = quantize_weights(export_float(plain, example), weights)
+    return quantize_activations(model, {_input_of(model, name): qp for name, qp in activations.items()})
+
+
+def _to_tensor(qw, fmt) -> QuantizedTensor:
+    """Broadcast torch tensors -> the compact per-channel / per-block arrays ONNX stores."""
+    if fmt.block_size is None:
+        index = (slice(None),) + (0,) * (qw.q.dim() - 1)
+    else:
+        index = (slice(None), slice(None, None, fmt.block_size))
+    dtype = np.int32
+    return QuantizedTensor(
+        q=qw.q.numpy().astype(dtype),
+        scale=np.ascontiguousarray(qw.scale[index].numpy(), dtype=np.float32),
+        zero_point=None if fmt.symmetric else qw.zero_point[index].numpy().astype(dtype),
+        bits=fmt.bits,
+        signed=fmt.symmetric,
+        block_size=fmt.block_size,
+    )
+
+
+def _input_of(model: onnx.ModelProto, layer: str) -> str:
+    """The activation tensor entering ``layer``: the other input of the node its weight feeds."""
+    dq = next((n for n in model.graph.node if n.name == f"{layer}.weight_DequantizeLinear"), None)
+    consumer = dq and next((n for n in model.graph.node if dq.output[0] in n.input), None)
+    if consumer is None:
+        raise StageError(f"layer '{layer}': its weight feeds no node in the exported ONNX graph")
+    return next(i for i in consumer.input if i != dq.output[0])

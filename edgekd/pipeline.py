@@ -1,0 +1,169 @@
+"""The pipeline: stages in order, each ``run(ctx) -> ctx``, resumable through the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import bench, distill, export, prune, report, verify
+from .atomic import write_json, write_text
+from .bench.environment import library_versions
+from .context import Context
+from .data import load_data
+from .errors import EdgeKDError, ShapeError, StageError
+from .models import load_teacher, model_fingerprint
+from .plan import resolve_plan
+from .recipe import load_recipe
+from .rundir import RunDir
+from .targets import load_target
+
+STAGES: dict[str, Callable[[Context], Context]] = {
+    "prune": prune.run,
+    "distill": distill.run,
+    "export": export.run,
+    "verify": verify.run,
+    "bench": bench.run,
+    "report": report.run,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "teacher": "demo",
+    "weights": None,
+    "data": "digits",
+    "recipe": "default",
+    "set": [],
+    "targets": ["x86-cpu"],
+    "trust_checkpoint": False,
+}
+
+
+def compress(
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    **options: Any,
+) -> Path:
+    """Run every stage; with ``resume``, skip stages that are done and whose inputs are unchanged.
+
+    ``options`` are the keys of ``DEFAULTS``; on resume, the ones not given come from the manifest.
+    """
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    given = {k: v for k, v in options.items() if v not in (None, (), [])}
+    out_dir = Path(out) if out else _default_out(given.get("teacher", DEFAULTS["teacher"]))
+    previous = RunDir.open(out_dir).config if resume and (out_dir / "manifest.json").is_file() else {}
+    config = {**DEFAULTS, **previous, **given}
+    config["set"], config["targets"] = list(config["set"]), list(config["targets"])
+    run = RunDir.create(out_dir, config, resume)
+    ctx = _context(run, log)
+    run.save()
+    upstream_ran = False
+    for name, stage in STAGES.items():
+        inputs = _inputs(ctx, name)
+        if not upstream_ran and run.is_current(name, inputs):
+            log(f"[dim]- {name}: up to date, skipped[/dim]")
+            continue
+        _run_stage(ctx, name, stage, inputs)
+        upstream_ran = True
+    return run.path
+
+
+def run_one(run_dir: str | Path, name: str, log: Callable[[str], None] = print) -> Path:
+    """Re-run one stage of an existing run; the stages after it are marked stale in the manifest."""
+    run = RunDir.open(Path(run_dir))
+    ctx = _context(run, log)
+    order = list(STAGES)
+    for before in order[: order.index(name)]:
+        if run.stage(before).get("status") != "done":
+            raise StageError(f"stage '{name}' needs '{before}' done first; run 'edgekd {before} {run.path}'")
+    _run_stage(ctx, name, STAGES[name], _inputs(ctx, name))
+    run.mark_stale(order[order.index(name) + 1 :], name)
+    return run.path
+
+
+def _context(run: RunDir, log: Callable[[str], None]) -> Context:
+    cfg = run.config
+    recipe = load_recipe(cfg["recipe"], cfg["set"])
+    targets = [load_target(t) for t in cfg["targets"]]
+    teacher = load_teacher(cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log)
+    data = load_data(cfg["data"])
+    _check_fit(teacher, data, cfg["data"])
+    example = torch.from_numpy(data.train.x[:2])
+    plan = resolve_plan(recipe, targets, teacher, example)
+    write_text(run.path / "recipe.yaml", recipe.to_yaml())
+    write_json(run.path / "plan.json", plan.to_dict())
+    run.manifest["fingerprint"] = _fingerprint(
+        recipe=recipe.to_dict(),
+        plan=plan.to_dict(),
+        teacher=model_fingerprint(teacher),
+        data=data.fingerprint(),
+    )
+    for note in plan.adjustments:
+        log(f"[yellow]plan: {note}[/yellow]")
+    return Context(run=run, recipe=recipe, targets=targets, teacher=teacher, data=data, plan=plan, log=log)
+
+
+def _check_fit(teacher: torch.nn.Module, data, spec: str) -> None:
+    """Fail early, by name, when the data cannot feed the teacher."""
+    try:
+        with torch.no_grad():
+            out = teacher.eval()(torch.from_numpy(data.train.x[:2]))
+    except Exception as exc:
+        raise ShapeError(
+            f"data '{spec}' (inputs of shape {list(data.input_shape)}) does not fit the teacher: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ShapeError(f"the teacher must return logits of shape (batch, classes); it returned {_describe(out)}")
+    if data.labelled and int(data.train.y.max()) >= out.shape[1]:
+        raise ShapeError(
+            f"data '{spec}' has label {int(data.train.y.max())} but the teacher has {out.shape[1]} outputs"
+        )
+
+
+def _describe(out: Any) -> str:
+    return f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+
+
+def _inputs(ctx: Context, name: str) -> dict[str, str]:
+    """A stage depends on the run's fingerprint and on every earlier stage's outputs."""
+    order = list(STAGES)
+    inputs = {"fingerprint": ctx.run.manifest["fingerprint"]}
+    for before in order[: order.index(name)]:
+        inputs[before] = hashlib.sha256(ctx.run.outputs_digest(before).encode()).hexdigest()
+    return inputs
+
+
+def _run_stage(ctx: Context, name: str, stage: Callable[[Context], Context], inputs: dict[str, str]) -> None:
+    ctx.stage, ctx.outputs, ctx.metrics = name, [], {}
+    ctx.run.start(name, inputs)
+    ctx.log(f"[bold]▶ {name}[/bold]")
+    began = time.perf_counter()
+    try:
+        stage(ctx)
+    except EdgeKDError as exc:
+        ctx.run.fail(name, exc.message)
+        raise
+    except Exception as exc:
+        ctx.run.fail(name, f"{type(exc).__name__}: {exc}")
+        raise StageError(f"stage '{name}' failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    seconds = time.perf_counter() - began
+    ctx.run.finish(name, ctx.outputs, ctx.metrics, seconds, library_versions())
+    ctx.log(f"[green]✓ {name}[/green] ({seconds:.1f} s)")
+
+
+def _fingerprint(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _default_out(teacher: str) -> Path:
+    stem = Path(teacher.replace(":", "-")).stem or "run"
+    return Path("edgekd-runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,55 @@
+"""Dependency-aware channel pruning with Torch-Pruning, recorded so it can be replayed exactly.
+
+A pruned model cannot be rebuilt from its state dict alone; instead of pickling modules we keep
+the list of (layer, removed channel indices) and replay it on a fresh copy of the teacher.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..plan import COMPRESSIBLE, Plan
+
+Decision = dict  # {"layer": str, "idxs": list[int]}
+
+
+def prune_channels(model: nn.Module, plan: Plan, example: torch.Tensor) -> list[Decision]:
+    """Remove the lowest-magnitude channel groups to each layer's keep ratio; return the decisions."""
+    ratios = {
+        m: 1.0 - lp.keep_ratio
+        for name, m in model.named_modules()
+        if isinstance(m, COMPRESSIBLE) and (lp := plan.layer(name)) and lp.keep_ratio < 1.0
+    }
+    if not ratios:
+        return []
+    names = {m: n for n, m in model.named_modules()}
+    ignored = [m for m in names if isinstance(m, COMPRESSIBLE) and m not in ratios]
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        example_inputs=example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.0,
+        pruning_ratio_dict=ratios,
+        ignored_layers=ignored,
+        round_to=4,  # keeps channel counts 2:4- and kernel-friendly
+    )
+    decisions = []
+    for group in pruner.step(interactive=True):
+        root = group[0].dep.target.module
+        decisions.append({"layer": names[root], "idxs": [int(i) for i in group[0].idxs]})
+        group.prune()
+    return decisions
+
+
+def replay_pruning(model: nn.Module, decisions: list[Decision], example: torch.Tensor) -> nn.Module:
+    """Apply recorded decisions to a fresh teacher copy, giving the same architecture."""
+    if not decisions:
+        return model
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    for d in decisions:
+        layer = model.get_submodule(d["layer"])
+        prune_fn = graph.get_pruner_of_module(layer).prune_out_channels
+        graph.get_pruning_group(layer, prune_fn, idxs=d["idxs"]).prune()
+    return model

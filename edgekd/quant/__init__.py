@@ -1,0 +1,32 @@
+"""Quantization: fake-quant training modules and the exact integer codes export writes."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..plan import Plan
+from .fake import QuantizedWeight, WeightFormat, fake_quantize_weight, quantize_weight
+from .fold import fold_batchnorm
+from .modules import ActQuant, QuantLayer, make_quant
+
+__all__ = [
+    "ActQuant",
+    "QuantLayer",
+    "QuantizedWeight",
+    "WeightFormat",
+    "fake_quantize_weight",
+    "fold_batchnorm",
+    "prepare_qat",
+    "quantize_weight",
+]
+
+
+def prepare_qat(model: nn.Module, plan: Plan) -> nn.Module:
+    """Swap every layer the plan quantizes for its fake-quant twin (BatchNorm must be folded first)."""
+    for name, module in model.named_modules():
+        lp = plan.layer(name)
+        if lp is None or lp.weight_bits is None or isinstance(module, QuantLayer):
+            continue
+        fmt = WeightFormat(lp.weight_bits, lp.symmetric, lp.block_size)
+        make_quant(module, fmt, activations=lp.activation_bits is not None)
+    return model

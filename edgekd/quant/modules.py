@@ -1,0 +1,80 @@
+"""Quantized layers: Conv/Linear that train with fake-quant weights and INT8 activations."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .fake import WeightFormat, fake_quantize_weight, quantize_weight
+
+
+class ActQuant(nn.Module):
+    """Per-tensor asymmetric INT8 fake-quant with an EMA min/max observer (ONNX QDQ semantics)."""
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(0.0))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                lo, hi = x.min().clamp(max=0.0), x.max().clamp(min=0.0)
+                if bool(self.initialized):
+                    lo = self.momentum * self.lo + (1 - self.momentum) * lo
+                    hi = self.momentum * self.hi + (1 - self.momentum) * hi
+                self.lo.copy_(lo)
+                self.hi.copy_(hi)
+                self.initialized.fill_(True)
+        scale, zero_point = self.qparams()
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, -128, 127)
+
+    def qparams(self) -> tuple[float, int]:
+        span = float(self.hi - self.lo)
+        scale = span / 255 if span > 0 else 1.0
+        return scale, int(min(127, max(-128, -128 + round(-float(self.lo) / scale))))
+
+
+class QuantLayer:
+    """Mixin: the layer's weight is fake-quantized on every forward; activations pass ActQuant."""
+
+    weight: nn.Parameter
+    weight_format: WeightFormat
+    act_quant: ActQuant | None
+
+    def quantized_weight(self) -> torch.Tensor:
+        return fake_quantize_weight(self.weight, self.weight_format)
+
+    def export_weight(self):
+        return quantize_weight(self.weight, self.weight_format)
+
+    def quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.act_quant is None else self.act_quant(x)
+
+
+class QuantConv1d(QuantLayer, nn.Conv1d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
+
+
+class QuantConv2d(QuantLayer, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
+
+
+class QuantLinear(QuantLayer, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quant_input(x), self.quantized_weight(), self.bias)
+
+
+QUANT_CLASS = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+def make_quant(module: nn.Module, fmt: WeightFormat, activations: bool) -> None:
+    """Turn a plain layer into its quantized twin in place (same parameters, same state-dict keys)."""
+    module.__class__ = QUANT_CLASS[type(module)]
+    module.weight_format = fmt
+    module.act_quant = ActQuant() if activations else None

@@ -1,0 +1,71 @@
+"""``report.json``: one document gathering what every stage measured (fields are only ever added)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from ..context import Context
+
+
+def assemble(ctx: Context) -> dict[str, Any]:
+    stages = ctx.run.manifest["stages"]
+    prune, distill = stages["prune"]["metrics"], stages["distill"]["metrics"]
+    verify = ctx.read_json("verify", "verify.json")
+    bench = ctx.read_json("bench", "bench.json")
+    sizes = stages["export"]["metrics"]["onnx_size_bytes"]
+    cfg = ctx.run.config
+    return {
+        "edgekd": __version__,
+        "run_dir": str(ctx.run.path),
+        "config": cfg,
+        "accuracy_is": "top-1 accuracy on the test split"
+        if ctx.data.labelled
+        else "top-1 agreement with the teacher (the data has no labels)",
+        "teacher": {
+            "spec": cfg["teacher"],
+            "params": prune["teacher_params"],
+            "accuracy": verify["pytorch"]["teacher"]["accuracy"],
+            "size_bytes": sizes["teacher"],
+            "precision": "fp32",
+        },
+        "student": {
+            "params": prune["student_params"],
+            "nonzero_params": prune["student_nonzero_params"],
+            "accuracy": verify["pytorch"]["student"]["accuracy"],
+            "accuracy_before_distill": prune["accuracy_before_distill"],
+            "size_bytes": sizes["student"],
+            "compression_ratio": sizes["teacher"] / sizes["student"],
+            "precision": _precision(bench),
+            "sparse_2of4_layers": prune["sparse_2of4_layers"],
+            "distill": {k: distill[k] for k in ("epochs", "best_val_accuracy", "history")},
+        },
+        "plan": ctx.plan.to_dict(),
+        "verify": verify["results"],
+        "results": bench["results"],
+        "speedups": speedups(bench["results"]),
+        "environment": {**bench["environment"], "runtimes": bench["runtimes"]},
+        "stage_seconds": {name: rec.get("seconds") for name, rec in stages.items()},
+    }
+
+
+def speedups(results: list[dict]) -> list[dict]:
+    """Teacher p50 / student p50 per target, runtime and batch (measured in the same interleaved run)."""
+    rows = {(r["target"], r["runtime"], r["batch"], r["model"]): r for r in results if r["status"] == "ok"}
+    out = []
+    for (target, runtime, batch, model), row in rows.items():
+        student = rows.get((target, runtime, batch, "student"))
+        if model == "teacher" and student:
+            out.append(
+                {
+                    "target": target,
+                    "runtime": runtime,
+                    "batch": batch,
+                    "speedup_p50": row["latency_ms"]["p50"] / student["latency_ms"]["p50"],
+                }
+            )
+    return out
+
+
+def _precision(bench: dict) -> str:
+    return next((r["precision"] for r in bench["results"] if r["model"] == "student"), "unknown")

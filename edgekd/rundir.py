@@ -1,0 +1,97 @@
+"""The run directory and its ``manifest.json``: what each stage read, wrote, measured and when."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .atomic import file_hash, write_json
+from .errors import InputError, UsageError
+
+MANIFEST = "manifest.json"
+
+
+class RunDir:
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    @classmethod
+    def create(cls, path: Path, config: dict[str, Any], resume: bool) -> RunDir:
+        if (path / MANIFEST).is_file():
+            if not resume:
+                raise UsageError(f"run directory '{path}' already holds a run; pass --resume, or another --out")
+            run = cls.open(path)
+            run.manifest["config"] = config
+            return run
+        if path.exists() and any(path.iterdir()):
+            raise UsageError(f"'{path}' exists and is not an edgekd run directory; choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path, {"edgekd": __version__, "created": _now(), "config": config, "stages": {}})
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        try:
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"'{path}' is not an edgekd run directory (no {MANIFEST}); run 'edgekd compress' first") from None
+        except json.JSONDecodeError:
+            raise InputError(f"'{path / MANIFEST}' is corrupt; start a new run with 'edgekd compress'") from None
+        return cls(path, manifest)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest["config"]
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.manifest["stages"].setdefault(name, {"status": "pending"})
+
+    def is_current(self, name: str, inputs: dict[str, str]) -> bool:
+        """Done, fed the same inputs, and every output still on disk unchanged."""
+        rec = self.stage(name)
+        if rec.get("status") != "done" or rec.get("inputs") != inputs:
+            return False
+        return all(
+            (self.path / rel).exists() and file_hash(self.path / rel) == digest
+            for rel, digest in rec.get("outputs", {}).items()
+        )
+
+    def outputs_digest(self, name: str) -> str:
+        return json.dumps(self.stage(name).get("outputs", {}), sort_keys=True)
+
+    def start(self, name: str, inputs: dict[str, str]) -> None:
+        self.manifest["stages"][name] = {"status": "running", "inputs": inputs, "started": _now()}
+        self.save()
+
+    def finish(self, name: str, outputs: list[Path], metrics: dict[str, Any], seconds: float, versions: dict) -> None:
+        rec = self.stage(name)
+        rec.update(
+            status="done",
+            outputs={str(p.relative_to(self.path)): file_hash(p) for p in outputs},
+            metrics=metrics,
+            finished=_now(),
+            seconds=round(seconds, 3),
+            versions=versions,
+        )
+        self.save()
+
+    def fail(self, name: str, message: str) -> None:
+        self.stage(name).update(status="failed", error=message, finished=_now())
+        self.save()
+
+    def mark_stale(self, names: list[str], because: str) -> None:
+        for name in names:
+            rec = self.stage(name)
+            if rec.get("status") == "done":
+                rec.update(status="stale", stale_because=f"{because} re-ran after it")
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path / MANIFEST, self.manifest)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,68 @@
+"""Inference runtimes as interchangeable siblings behind one small protocol.
+
+The rest of edgekd never imports onnxruntime, openvino or tensorrt itself: each runtime module
+imports its library inside its functions, so importing this package is cheap and works on
+machines that lack some of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgekd.errors import StageError, UsageError
+
+
+class Session(Protocol):
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run one float32 input; return the first output as a float32 array."""
+        ...
+
+
+class Runtime(Protocol):
+    name: str
+    artifact_suffix: str
+
+    def unavailable_reason(self) -> str | None:
+        """None when usable on this machine, else one line saying why not."""
+        ...
+
+    def build(self, onnx_path: Path, dest: Path) -> Path:
+        """Write this runtime's artifact for ``onnx_path`` atomically at ``dest``; return it."""
+        ...
+
+    def open(self, artifact: Path, threads: int | None = None) -> Session: ...
+
+    def describe(self) -> dict:
+        """{"runtime", "version", "device"} for the report's environment section."""
+        ...
+
+
+def runtime_failure(action: str, path: Path, exc: BaseException, fix: str) -> StageError:
+    """A one-line StageError from a library exception.
+
+    OpenVINO stacks "Exception from src/...:" lines above the real cause, so keep the last line.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return StageError(f"{action} {path}: {lines[-1] if lines else type(exc).__name__} ({fix})")
+
+
+# The runtime modules use runtime_failure, so they are imported after it is defined.
+from edgekd.runtimes.onnxruntime import OnnxRuntime  # noqa: E402
+from edgekd.runtimes.openvino import OpenVinoRuntime  # noqa: E402
+from edgekd.runtimes.tensorrt import TensorRTRuntime  # noqa: E402
+
+RUNTIMES: dict[str, Runtime] = {
+    runtime.name: runtime for runtime in (OnnxRuntime(), OpenVinoRuntime(), TensorRTRuntime())
+}
+
+
+def get_runtime(name: str) -> Runtime:
+    if name in RUNTIMES:
+        return RUNTIMES[name]
+    close = difflib.get_close_matches(name, RUNTIMES, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UsageError(f"unknown runtime {name!r}; {hint}choose one of: {', '.join(RUNTIMES)}")

@@ -1,0 +1,142 @@
+"""TensorRT on an NVIDIA GPU: a serialized engine built for this GPU and TensorRT version.
+
+Device memory comes from torch CUDA tensors (torch is a hard dependency), so pycuda is not needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.atomic import atomic_path
+from edgekd.errors import StageError
+
+
+class TensorRTRuntime:
+    name = "tensorrt"
+    artifact_suffix = ".engine"
+
+    def __init__(self, opt_batch: int = 1, max_batch: int = 64) -> None:
+        self.opt_batch = opt_batch
+        self.max_batch = max_batch
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return "tensorrt is not installed (pip install 'edgekd[tensorrt]' on an NVIDIA machine)"
+        import torch
+
+        if not torch.cuda.is_available():
+            return "tensorrt needs a CUDA GPU and torch sees none (run on an NVIDIA machine)"
+        return None
+
+    def _require(self):
+        reason = self.unavailable_reason()
+        if reason:
+            raise StageError(reason)
+        import tensorrt
+
+        return tensorrt
+
+    def build(self, onnx_path: Path, dest: Path) -> Path:
+        """Build with FP16, INT8 (enables the Q/DQ layers) and 2:4 sparse-weight kernels allowed.
+
+        TensorRT 11 drops the FP16/INT8 flags (every network is strongly typed), so flags the
+        installed version lacks are skipped.
+        """
+        trt = self._require()
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
+            raise StageError(f"TensorRT cannot parse {onnx_path}: {errors} (re-export or simplify)")
+        config = builder.create_builder_config()
+        for flag in ("FP16", "INT8", "SPARSE_WEIGHTS"):
+            if hasattr(trt.BuilderFlag, flag):
+                config.set_flag(getattr(trt.BuilderFlag, flag))
+        # Input name -> dims, -1 where dynamic; lists because trt.Dims may not slice.
+        shapes = {t.name: list(t.shape) for t in map(network.get_input, range(network.num_inputs))}
+        for name, shape in shapes.items():
+            if any(dim < 0 for dim in shape[1:]):
+                raise StageError(
+                    f"TensorRT input {name!r} of {onnx_path} has shape {shape}; only the batch "
+                    "dimension may be dynamic (export with a fixed input size)"
+                )
+        dynamic = {name: shape for name, shape in shapes.items() if shape[0] < 0}
+        if dynamic:
+            profile = builder.create_optimization_profile()
+            batches = (1, self.opt_batch, self.max_batch)
+            for name, shape in dynamic.items():
+                profile.set_shape(name, *([batch, *shape[1:]] for batch in batches))
+            config.add_optimization_profile(profile)
+        engine = builder.build_serialized_network(network, config)
+        if engine is None:
+            raise StageError(f"TensorRT could not build an engine from {onnx_path} (see its log)")
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(engine)
+        return Path(dest)
+
+    def open(self, artifact: Path, threads: int | None = None) -> _EngineSession:
+        """``threads`` is ignored: the work runs on the GPU."""
+        return _EngineSession(self._require(), Path(artifact))
+
+    def describe(self) -> dict:
+        reason = self.unavailable_reason()
+        if reason:
+            return {"runtime": self.name, "version": None, "device": None, "unavailable": reason}
+        import tensorrt as trt
+        import torch
+
+        return {
+            "runtime": self.name,
+            "version": trt.__version__,
+            "device": torch.cuda.get_device_name(),
+        }
+
+
+class _EngineSession:
+    """Copies each input to the GPU, runs on the current torch stream, copies output 0 back."""
+
+    def __init__(self, trt, artifact: Path) -> None:
+        import torch
+
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)  # must outlive the engine
+        self._engine = self._runtime.deserialize_cuda_engine(artifact.read_bytes())
+        if self._engine is None:
+            raise StageError(
+                f"TensorRT cannot load engine {artifact} (rebuild it on this GPU and TensorRT)"
+            )
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if len(inputs) != 1:
+            raise StageError(f"TensorRT engine {artifact} has inputs {inputs}; edgekd needs one")
+        self._input = inputs[0]
+        self._outputs = [n for n in names if n != self._input]
+        self._dtypes = {
+            n: torch.from_numpy(np.empty(0, trt.nptype(self._engine.get_tensor_dtype(n)))).dtype
+            for n in names
+        }
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        host = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        device_x = host.to("cuda", self._dtypes[self._input])
+        self._context.set_input_shape(self._input, tuple(device_x.shape))
+        self._context.set_tensor_address(self._input, device_x.data_ptr())
+        outputs = []
+        for name in self._outputs:
+            shape = tuple(self._context.get_tensor_shape(name))
+            outputs.append(torch.empty(shape, dtype=self._dtypes[name], device="cuda"))
+            self._context.set_tensor_address(name, outputs[-1].data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self._context.execute_async_v3(stream.cuda_stream):
+            raise StageError("TensorRT failed to execute the engine (see its log)")
+        stream.synchronize()
+        return outputs[0].float().cpu().numpy()
