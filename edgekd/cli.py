@@ -16,7 +16,8 @@ from rich.table import Table
 from . import __version__
 from .errors import EdgeKDError
 
-out = Console(highlight=False)
+# Pipes and CI logs get a fixed width, so the summary table is not folded at 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
 err = Console(stderr=True, highlight=False)
 
 STAGE_NAMES = ("prune", "distill", "export", "verify", "bench", "report")
@@ -41,7 +42,10 @@ def friendly_errors(fn: Callable) -> Callable:
         except Exception as exc:
             if debug:
                 raise
-            err.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (re-run with --debug for details)", soft_wrap=True)
+            err.print(
+                f"[red]error:[/red] {type(exc).__name__}: {exc} (re-run with --debug for details)",
+                soft_wrap=True,
+            )
             sys.exit(1)
 
     return wrapper
@@ -58,18 +62,54 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--teacher", help="demo (default), package.module:factory, or a torch.export .pt2 file.")
-@click.option("--weights", type=click.Path(), help="State dict for a factory teacher (loaded weights_only).")
-@click.option("--data", help="digits (default), an image folder, an .npz with x (and y), or package.module:factory.")
+@click.option(
+    "--teacher", help="demo (default), package.module:factory, or a torch.export .pt2 file."
+)
+@click.option(
+    "--weights", type=click.Path(), help="State dict for a factory teacher (loaded weights_only)."
+)
+@click.option(
+    "--data",
+    help="digits (default), an image folder, an .npz with x (and y), or package.module:factory.",
+)
 @click.option("--recipe", help="Preset name (default, w8a8, small) or a recipe YAML file.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. quant.weight_bits=3.")
-@click.option("--target", "targets", multiple=True, help="Target device (repeatable); default x86-cpu. See 'edgekd targets'.")
-@click.option("--out", type=click.Path(), help="Run directory (default: edgekd-runs/<teacher>-<time>).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key, e.g. quant.weight_bits=3.",
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    help="Target device (repeatable); default x86-cpu. See 'edgekd targets'.",
+)
+@click.option(
+    "--out", type=click.Path(), help="Run directory (default: edgekd-runs/<teacher>-<time>)."
+)
 @click.option("--resume", is_flag=True, help="Skip finished stages whose inputs are unchanged.")
-@click.option("--trust-checkpoint", is_flag=True, default=None, help="Allow checkpoints that unpickle Python objects.")
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    default=None,
+    help="Allow checkpoints that unpickle Python objects.",
+)
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @friendly_errors
-def compress(teacher, weights, data, recipe, overrides, targets, out: str | None, resume, trust_checkpoint, quiet) -> None:
+def compress(
+    teacher,
+    weights,
+    data,
+    recipe,
+    overrides,
+    targets,
+    out: str | None,
+    resume,
+    trust_checkpoint,
+    quiet,
+) -> None:
     """Run every stage: prune, distill, export, verify, bench, report."""
     from .pipeline import compress as run_pipeline
 
@@ -89,7 +129,9 @@ def compress(teacher, weights, data, recipe, overrides, targets, out: str | None
 
 
 def _stage_command(name: str) -> None:
-    @main.command(name=name, help=f"Re-run the {name} stage of RUN_DIR (later stages become stale).")
+    @main.command(
+        name=name, help=f"Re-run the {name} stage of RUN_DIR (later stages become stale)."
+    )
     @click.argument("run_dir", type=click.Path())
     @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
     @friendly_errors
@@ -111,12 +153,23 @@ def targets() -> None:
     """List the built-in targets and what each runtime on them really accelerates."""
     from .targets import load_target, target_names
 
-    table = Table("target", "runtime", "loads weight bits", "faster than float", "2:4 sparse", "here?")
+    table = Table(
+        "target", "runtime", "loads weight bits", "faster than float", "2:4 sparse", "here?"
+    )
     for name in target_names():
         t = load_target(name)
         for rt in t.runtimes:
-            fast = ", ".join(f"{op}: {'/'.join(map(str, b))}" for op, b in rt.fast_weight_bits.items() if b)
-            table.add_row(name, rt.name, "/".join(map(str, rt.weight_bits)), fast, ", ".join(rt.sparse_2of4) or "no", t.unavailable_reason() or "yes")
+            fast = ", ".join(
+                f"{op}: {'/'.join(map(str, b))}" for op, b in rt.fast_weight_bits.items() if b
+            )
+            table.add_row(
+                name,
+                rt.name,
+                "/".join(map(str, rt.weight_bits)),
+                fast,
+                ", ".join(rt.sparse_2of4) or "no",
+                t.unavailable_reason() or "yes",
+            )
     out.print(table)
 
 
@@ -152,7 +205,15 @@ def inspect(model_or_run: str, data: str | None, trust_checkpoint: bool, as_json
         return
     table = Table("layer", "type", "weight shape", "params", "MACs", "sparsity", "weight bits")
     for r in rows:
-        table.add_row(r["layer"], r["type"], "x".join(map(str, r["weight_shape"])), f"{r['params']:,}", f"{r['macs']:,}", r["sparsity"], str(r["weight_bits"]))
+        table.add_row(
+            r["layer"],
+            r["type"],
+            "x".join(map(str, r["weight_shape"])),
+            f"{r['params']:,}",
+            f"{r['macs']:,}",
+            r["sparsity"],
+            str(r["weight_bits"]),
+        )
     out.print(table)
 
 
@@ -160,8 +221,13 @@ def print_summary(run_dir: Path) -> None:
     from .report import summary_rows
 
     report = json.loads((Path(run_dir) / "report.json").read_text(encoding="utf-8"))
-    table = Table("", "teacher", "student", "student vs teacher", title="edgekd: teacher vs student")
+    table = Table(
+        "", "teacher", "student", "student vs teacher", title="edgekd: teacher vs student"
+    )
     for row in summary_rows(report):
         table.add_row(*row)
     out.print(table)
-    out.print(f"report: {Path(run_dir) / 'report.md'}  (JSON: {Path(run_dir) / 'report.json'})", soft_wrap=True)
+    out.print(
+        f"report: {Path(run_dir) / 'report.md'}  (JSON: {Path(run_dir) / 'report.json'})",
+        soft_wrap=True,
+    )

@@ -12,7 +12,9 @@ from .data import Split
 
 
 def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i : i + batch]), dtype=np.float32) for i in range(0, len(x), batch)])
+    return np.concatenate(
+        [np.asarray(fn(x[i : i + batch]), dtype=np.float32) for i in range(0, len(x), batch)]
+    )
 
 
 def torch_fn(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

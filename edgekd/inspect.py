@@ -23,7 +23,9 @@ def inspect_target(spec: str, data: str | None = None, trust: bool = False) -> l
     if (path / "manifest.json").is_file():
         run = RunDir.open(path)
         cfg = run.config
-        teacher = load_teacher(cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log=lambda _: None)
+        teacher = load_teacher(
+            cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log=lambda _: None
+        )
         example = torch.from_numpy(load_data(cfg["data"]).train.x[:2])
         plan = Plan.from_dict(Context.read_json_file(path / "plan.json"))
         for stage in ("distill", "prune"):
@@ -38,7 +40,9 @@ def inspect_target(spec: str, data: str | None = None, trust: bool = False) -> l
 def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict[str, Any]]:
     macs: dict[str, int] = {}
     hooks = [
-        m.register_forward_hook(lambda mod, _i, out, name=name: macs.__setitem__(name, _macs(mod, out)))
+        m.register_forward_hook(
+            lambda mod, _i, out, name=name: macs.__setitem__(name, _macs(mod, out))
+        )
         for name, m in model.named_modules()
         if isinstance(m, COMPRESSIBLE)
     ]
@@ -61,7 +65,9 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict[str, Any]]
                 "weight_shape": list(w.shape),
                 "params": sum(p.numel() for p in m.parameters(recurse=False)),
                 "macs": macs.get(name, 0),
-                "sparsity": "2:4" if zeros >= 0.5 and is_2of4(w) else ("dense" if zeros == 0 else f"{zeros:.0%} zeros"),
+                "sparsity": "2:4"
+                if zeros >= 0.5 and is_2of4(w)
+                else ("dense" if zeros == 0 else f"{zeros:.0%} zeros"),
                 "weight_bits": m.weight_format.bits if isinstance(m, QuantLayer) else 32,
             }
         )

@@ -59,11 +59,15 @@ def compress(
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
     given = {k: v for k, v in options.items() if v not in (None, (), [])}
     out_dir = Path(out) if out else _default_out(given.get("teacher", DEFAULTS["teacher"]))
-    previous = RunDir.open(out_dir).config if resume and (out_dir / "manifest.json").is_file() else {}
+    previous = (
+        RunDir.open(out_dir).config if resume and (out_dir / "manifest.json").is_file() else {}
+    )
     config = {**DEFAULTS, **previous, **given}
     config["set"], config["targets"] = list(config["set"]), list(config["targets"])
+    RunDir.check_usable(out_dir, resume)
+    parts = _load(config, log)  # every input is checked before the run directory is touched
     run = RunDir.create(out_dir, config, resume)
-    ctx = _context(run, log)
+    ctx = _context(run, parts, log)
     run.save()
     upstream_ran = False
     for name, stage in STAGES.items():
@@ -79,25 +83,31 @@ def compress(
 def run_one(run_dir: str | Path, name: str, log: Callable[[str], None] = print) -> Path:
     """Re-run one stage of an existing run; the stages after it are marked stale in the manifest."""
     run = RunDir.open(Path(run_dir))
-    ctx = _context(run, log)
+    ctx = _context(run, _load(run.config, log), log)
     order = list(STAGES)
     for before in order[: order.index(name)]:
         if run.stage(before).get("status") != "done":
-            raise StageError(f"stage '{name}' needs '{before}' done first; run 'edgekd {before} {run.path}'")
+            raise StageError(
+                f"stage '{name}' needs '{before}' done first; run 'edgekd {before} {run.path}'"
+            )
     _run_stage(ctx, name, STAGES[name], _inputs(ctx, name))
     run.mark_stale(order[order.index(name) + 1 :], name)
     return run.path
 
 
-def _context(run: RunDir, log: Callable[[str], None]) -> Context:
-    cfg = run.config
+def _load(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Recipe, targets, teacher, data and plan, each validated with a one-line error."""
     recipe = load_recipe(cfg["recipe"], cfg["set"])
     targets = [load_target(t) for t in cfg["targets"]]
-    teacher = load_teacher(cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log)
     data = load_data(cfg["data"])
+    teacher = load_teacher(cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log)
     _check_fit(teacher, data, cfg["data"])
-    example = torch.from_numpy(data.train.x[:2])
-    plan = resolve_plan(recipe, targets, teacher, example)
+    plan = resolve_plan(recipe, targets, teacher, torch.from_numpy(data.train.x[:2]))
+    return {"recipe": recipe, "targets": targets, "teacher": teacher, "data": data, "plan": plan}
+
+
+def _context(run: RunDir, parts: dict[str, Any], log: Callable[[str], None]) -> Context:
+    recipe, teacher, data, plan = parts["recipe"], parts["teacher"], parts["data"], parts["plan"]
     write_text(run.path / "recipe.yaml", recipe.to_yaml())
     write_json(run.path / "plan.json", plan.to_dict())
     run.manifest["fingerprint"] = _fingerprint(
@@ -108,7 +118,7 @@ def _context(run: RunDir, log: Callable[[str], None]) -> Context:
     )
     for note in plan.adjustments:
         log(f"[yellow]plan: {note}[/yellow]")
-    return Context(run=run, recipe=recipe, targets=targets, teacher=teacher, data=data, plan=plan, log=log)
+    return Context(run=run, log=log, **parts)
 
 
 def _check_fit(teacher: torch.nn.Module, data, spec: str) -> None:
@@ -122,7 +132,9 @@ def _check_fit(teacher: torch.nn.Module, data, spec: str) -> None:
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ShapeError(f"the teacher must return logits of shape (batch, classes); it returned {_describe(out)}")
+        raise ShapeError(
+            f"the teacher must return logits of shape (batch, classes); it returned {_describe(out)}"
+        )
     if data.labelled and int(data.train.y.max()) >= out.shape[1]:
         raise ShapeError(
             f"data '{spec}' has label {int(data.train.y.max())} but the teacher has {out.shape[1]} outputs"
@@ -142,7 +154,9 @@ def _inputs(ctx: Context, name: str) -> dict[str, str]:
     return inputs
 
 
-def _run_stage(ctx: Context, name: str, stage: Callable[[Context], Context], inputs: dict[str, str]) -> None:
+def _run_stage(
+    ctx: Context, name: str, stage: Callable[[Context], Context], inputs: dict[str, str]
+) -> None:
     ctx.stage, ctx.outputs, ctx.metrics = name, [], {}
     ctx.run.start(name, inputs)
     ctx.log(f"[bold]▶ {name}[/bold]")
@@ -154,7 +168,9 @@ def _run_stage(ctx: Context, name: str, stage: Callable[[Context], Context], inp
         raise
     except Exception as exc:
         ctx.run.fail(name, f"{type(exc).__name__}: {exc}")
-        raise StageError(f"stage '{name}' failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise StageError(
+            f"stage '{name}' failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     seconds = time.perf_counter() - began
     ctx.run.finish(name, ctx.outputs, ctx.metrics, seconds, library_versions())
     ctx.log(f"[green]✓ {name}[/green] ({seconds:.1f} s)")

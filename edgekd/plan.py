@@ -82,7 +82,9 @@ def sparsity_ineligible(module: nn.Module) -> str | None:
     return None
 
 
-def resolve_plan(recipe: Recipe, targets: list[Target], teacher: nn.Module, example: torch.Tensor) -> Plan:
+def resolve_plan(
+    recipe: Recipe, targets: list[Target], teacher: nn.Module, example: torch.Tensor
+) -> Plan:
     _check_recipe_values(recipe)
     q = recipe.quant
     outputs = output_layers(teacher, example)
@@ -129,7 +131,9 @@ def resolve_plan(recipe: Recipe, targets: list[Target], teacher: nn.Module, exam
             weight_bits=bits,
             block_size=block if bits is not None else None,
             symmetric=q.symmetric,
-            activation_bits=q.activation_bits if q.activation_bits < 32 and bits is not None else None,
+            activation_bits=q.activation_bits
+            if q.activation_bits < 32 and bits is not None
+            else None,
             notes=notes,
         )
         lp.runs_as = {
@@ -143,7 +147,9 @@ def resolve_plan(recipe: Recipe, targets: list[Target], teacher: nn.Module, exam
     return Plan(
         layers=layers,
         targets=[t.name for t in targets],
-        adjustments=[f"{why} ({len(names)} layers: {', '.join(names)})" for why, names in adjustments.items()],
+        adjustments=[
+            f"{why} ({len(names)} layers: {', '.join(names)})" for why, names in adjustments.items()
+        ],
     )
 
 
@@ -151,7 +157,9 @@ def _check_recipe_values(recipe: Recipe) -> None:
     if not 0.0 < recipe.prune.keep_ratio <= 1.0:
         raise UsageError(f"prune.keep_ratio must be in (0, 1], got {recipe.prune.keep_ratio}")
     if recipe.quant.block_size < 2 or recipe.quant.block_size % 2:
-        raise UsageError(f"quant.block_size must be an even number >= 2, got {recipe.quant.block_size}")
+        raise UsageError(
+            f"quant.block_size must be an even number >= 2, got {recipe.quant.block_size}"
+        )
     for pattern in [*recipe.prune.skip, *(o.match for o in recipe.quant.overrides)]:
         try:
             re.compile(pattern)
@@ -169,4 +177,6 @@ def _loadable_bits(targets: list[Target]) -> set[int]:
 
 
 def _who_cannot_load(targets: list[Target], bits: int) -> str:
-    return ", ".join(f"{rt.name} ({t.name})" for t in targets for rt in t.runtimes if bits not in rt.weight_bits)
+    return ", ".join(
+        f"{rt.name} ({t.name})" for t in targets for rt in t.runtimes if bits not in rt.weight_bits
+    )

@@ -82,7 +82,9 @@ class Recipe:
 
 
 def presets() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("edgekd.recipes").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in resources.files("edgekd.recipes").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load_recipe(spec: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -91,20 +93,30 @@ def load_recipe(spec: str | None, overrides: list[str] | tuple[str, ...] = ()) -
     if spec.endswith((".yaml", ".yml")) or Path(spec).exists():
         path = Path(spec)
         if not path.is_file():
-            raise InputError(f"recipe file '{spec}' not found; pass a YAML file or one of: {', '.join(presets())}")
+            raise InputError(
+                f"recipe file '{spec}' not found; pass a YAML file or one of: {', '.join(presets())}"
+            )
         text = path.read_text(encoding="utf-8")
     elif spec in presets():
-        text = resources.files("edgekd.recipes").joinpath(f"{spec}.yaml").read_text(encoding="utf-8")
+        text = (
+            resources.files("edgekd.recipes").joinpath(f"{spec}.yaml").read_text(encoding="utf-8")
+        )
     else:
-        raise UsageError(f"unknown recipe preset '{spec}'{_suggest(spec, presets())}; presets: {', '.join(presets())}")
+        raise UsageError(
+            f"unknown recipe preset '{spec}'{_suggest(spec, presets())}; presets: {', '.join(presets())}"
+        )
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise InputError(f"recipe '{spec}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError(
+            f"recipe '{spec}' is not valid YAML ({str(exc).splitlines()[0]})"
+        ) from None
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise UsageError(f"override '{item}' must look like KEY=VALUE, e.g. quant.weight_bits=3")
+            raise UsageError(
+                f"override '{item}' must look like KEY=VALUE, e.g. quant.weight_bits=3"
+            )
         _set_path(data, key.strip(), yaml.safe_load(value))
     return _build(Recipe, data, "")
 

@@ -19,16 +19,26 @@ class RunDir:
         self.path = path
         self.manifest = manifest
 
-    @classmethod
-    def create(cls, path: Path, config: dict[str, Any], resume: bool) -> RunDir:
+    @staticmethod
+    def check_usable(path: Path, resume: bool) -> None:
+        """Refuse to overwrite a finished run or a folder that is not ours, before any work starts."""
         if (path / MANIFEST).is_file():
             if not resume:
-                raise UsageError(f"run directory '{path}' already holds a run; pass --resume, or another --out")
+                raise UsageError(
+                    f"run directory '{path}' already holds a run; pass --resume, or another --out"
+                )
+        elif path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UsageError(
+                f"'{path}' exists and is not an edgekd run directory; choose another --out"
+            )
+
+    @classmethod
+    def create(cls, path: Path, config: dict[str, Any], resume: bool) -> RunDir:
+        cls.check_usable(path, resume)
+        if (path / MANIFEST).is_file():
             run = cls.open(path)
             run.manifest["config"] = config
             return run
-        if path.exists() and any(path.iterdir()):
-            raise UsageError(f"'{path}' exists and is not an edgekd run directory; choose another --out")
         path.mkdir(parents=True, exist_ok=True)
         return cls(path, {"edgekd": __version__, "created": _now(), "config": config, "stages": {}})
 
@@ -37,9 +47,13 @@ class RunDir:
         try:
             manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise InputError(f"'{path}' is not an edgekd run directory (no {MANIFEST}); run 'edgekd compress' first") from None
+            raise InputError(
+                f"'{path}' is not an edgekd run directory (no {MANIFEST}); run 'edgekd compress' first"
+            ) from None
         except json.JSONDecodeError:
-            raise InputError(f"'{path / MANIFEST}' is corrupt; start a new run with 'edgekd compress'") from None
+            raise InputError(
+                f"'{path / MANIFEST}' is corrupt; start a new run with 'edgekd compress'"
+            ) from None
         return cls(path, manifest)
 
     @property
@@ -66,7 +80,14 @@ class RunDir:
         self.manifest["stages"][name] = {"status": "running", "inputs": inputs, "started": _now()}
         self.save()
 
-    def finish(self, name: str, outputs: list[Path], metrics: dict[str, Any], seconds: float, versions: dict) -> None:
+    def finish(
+        self,
+        name: str,
+        outputs: list[Path],
+        metrics: dict[str, Any],
+        seconds: float,
+        versions: dict,
+    ) -> None:
         rec = self.stage(name)
         rec.update(
             status="done",

@@ -82,7 +82,9 @@ def load_target(spec: str) -> Target:
                 name=name,
                 device=str(rt.get("device", "CPU")),
                 weight_bits=tuple(rt["weight_bits"]),
-                fast_weight_bits={k: tuple(v) for k, v in (rt.get("fast_weight_bits") or {}).items()},
+                fast_weight_bits={
+                    k: tuple(v) for k, v in (rt.get("fast_weight_bits") or {}).items()
+                },
                 sparse_2of4=tuple(rt.get("sparse_2of4") or ()),
             )
             for name, rt in raw["runtimes"].items()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from types import SimpleNamespace
 
@@ -23,13 +24,14 @@ from edgekd.export.lowbit import (
 )
 
 LAYERS = ("features.0.weight", "features.2.weight", "fc.weight")
-# case -> (bits, symmetric, block_size) for each of LAYERS
+# case -> (bits, symmetric, block_size) for each of LAYERS. The 8-bit convs are unsigned: with
+# int8 activations onnxruntime fuses them into QLinearConv, whose u8s8 kernel saturates on x86
+# without VNNI, so full-range signed int8 conv weights would test this CPU, not the rewrite.
 CASES = {
-    "w4_asym_per_channel": [(4, False, None)] * 3,
-    "w4_sym_blocked": [(4, False, None), (4, True, 4), (4, True, 16)],
-    "w3": [(3, True, None), (3, False, None), (3, True, 16)],
-    "w8": [(8, True, None), (8, False, None), (8, True, None)],
+    "w4": [(4, False, None), (4, True, 4), (4, True, 16)],
+    "w3": [(3, True, None), (3, False, None), (3, False, 16)],
     "w2": [(2, False, None), (2, True, None), (2, False, None)],
+    "w8": [(8, False, None), (8, False, None), (8, True, None)],
 }
 CONTAINER = {
     (8, True): TensorProto.INT8,
@@ -89,10 +91,10 @@ def _quantize(w: np.ndarray, bits: int, symmetric: bool, block: int | None) -> Q
         scale = (hi - lo) / qmax
     scale = np.where(scale > 0, scale, 1).astype(np.float32)
     zero_point = None if symmetric else np.clip(np.round(-lo / scale), qmin, qmax).astype(np.int32)
-    offset = (
-        0 if zero_point is None else _expand(zero_point, w.shape, 0 if block is None else 1, block)
-    )
-    q = np.round(w / _expand(scale, w.shape, 0 if block is None else 1, block)) + offset
+    param_axis = 0 if block is None else 1
+    q = np.round(w / _expand(scale, w.shape, param_axis, block))
+    if zero_point is not None:
+        q += _expand(zero_point, w.shape, param_axis, block)
     q = np.clip(q, qmin, qmax).astype(np.int32)
     return QuantizedTensor(q, scale, zero_point, bits, symmetric, block)
 
@@ -118,7 +120,7 @@ def _load_dequantized(net: nn.Module, name: str, t: QuantizedTensor) -> None:
 
 @functools.cache
 def _build(case: str) -> SimpleNamespace:
-    """A trained-looking net with quantized weights loaded, its float export and its rewrite."""
+    """A net with a 2:4-sparse fc and quantized weights loaded, its float export, its rewrite."""
     torch.manual_seed(0)
     net = Net().eval()
     fc = net.fc.weight.detach().numpy()
@@ -252,7 +254,7 @@ def test_activation_qdq_matches_torch_fake_quant(case):
     np.testing.assert_array_equal(_ort(model, X).argmax(1), expected.argmax(1))
 
 
-def test_linear_on_3d_input_quantizes_the_transposed_weight_the_exporter_folded():
+def test_linear_on_3d_input_quantizes_the_transposed_weight_the_exporter_folded(tmp_path):
     torch.manual_seed(0)
     net = Tokens().eval()
     weights = {}
@@ -261,52 +263,57 @@ def test_linear_on_3d_input_quantizes_the_transposed_weight_the_exporter_folded(
         _load_dequantized(net, name, weights[name])
     x = torch.randn(3, 5, 32)
     float_model = _export(net, x)
-    assert not {"proj.weight", "head.weight"} & {i.name for i in float_model.graph.initializer}
+    assert not set(weights) & {i.name for i in float_model.graph.initializer}
 
     model = quantize_weights(float_model, weights)
 
     onnx.checker.check_model(model, full_check=True)
-    for name, w in _decode(model).items():
-        assert not name.endswith(".weight")  # the folded initializer keeps its exporter name
-        assert any(np.array_equal(w, dequantize(t).T) for t in weights.values())
+    decoded = _decode(model)
+    for name, t in weights.items():
+        node = next(n for n in model.graph.node if n.name == f"{name}_DequantizeLinear")
+        np.testing.assert_array_equal(decoded[node.output[0]], dequantize(t).T)
+    expected = net(x).detach().numpy()
+    # onnxruntime fuses these into MatMulNBits, which by default rounds activations to int8.
     exact = _ort(model, x, config={"session.qdq_matmulnbits_accuracy_level": "0"})
-    np.testing.assert_allclose(exact, net(x).detach().numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(exact, expected, rtol=0, atol=1e-5)
+    onnx.save(model, tmp_path / "tokens.onnx")
+    compiled = ov.Core().compile_model(ov.convert_model(str(tmp_path / "tokens.onnx")), "CPU")
+    np.testing.assert_allclose(compiled(x.numpy())[0], expected, rtol=0, atol=1e-4)
 
 
 def test_unknown_weight_name_raises_stage_error():
-    built = _build("w4_asym_per_channel")
+    built = _build("w4")
     with pytest.raises(StageError, match=r"features\.9\.weight"):
         quantize_weights(built.float_model, {"features.9.weight": built.weights["fc.weight"]})
 
 
 def test_out_of_range_code_raises_stage_error():
-    built = _build("w4_asym_per_channel")
+    built = _build("w4")
     t = built.weights["fc.weight"]
     q = t.q.copy()
-    q[0, 0] = 16
-    with pytest.raises(StageError, match=r"fc\.weight.*outside unsigned 4-bit"):
-        quantize_weights(
-            built.float_model, {"fc.weight": QuantizedTensor(q, t.scale, t.zero_point, 4, False)}
-        )
+    q[0, 0] = 8
+    with pytest.raises(StageError, match=r"fc\.weight.*outside signed 4-bit"):
+        quantize_weights(built.float_model, {"fc.weight": dataclasses.replace(t, q=q)})
 
 
 def test_scale_of_the_wrong_shape_raises_stage_error():
-    built = _build("w4_asym_per_channel")
+    built = _build("w4")
     t = built.weights["fc.weight"]
-    wrong = QuantizedTensor(t.q, t.scale[:-1], None, 4, False)
+    wrong = dataclasses.replace(t, scale=t.scale[:, :-1])
     with pytest.raises(StageError, match=r"fc\.weight.*scale shape"):
         quantize_weights(built.float_model, {"fc.weight": wrong})
 
 
 def test_exported_weights_that_differ_from_the_codes_raise_stage_error():
-    built = _build("w4_asym_per_channel")
+    built = _build("w4")
     t = built.weights["fc.weight"]
-    shifted = QuantizedTensor(t.q, t.scale * 2, t.zero_point, 4, False)
     with pytest.raises(StageError, match=r"fc\.weight.*differ"):
-        quantize_weights(built.float_model, {"fc.weight": shifted})
+        quantize_weights(
+            built.float_model, {"fc.weight": dataclasses.replace(t, scale=t.scale * 2)}
+        )
 
 
 def test_unknown_activation_name_raises_stage_error():
-    built = _build("w4_asym_per_channel")
+    built = _build("w4")
     with pytest.raises(StageError, match="no_such_tensor"):
         quantize_activations(built.model, {"no_such_tensor": (0.1, 0)})

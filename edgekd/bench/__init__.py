@@ -14,7 +14,9 @@ from .timing import measure_interleaved
 def run(ctx: Context) -> Context:
     cfg = ctx.recipe.bench
     artifacts = {(a["model"], a["runtime"]): a for a in ctx.read_json("export", "artifacts.json")}
-    checks = {(r["model"], r["runtime"]): r for r in ctx.read_json("verify", "verify.json")["results"]}
+    checks = {
+        (r["model"], r["runtime"]): r for r in ctx.read_json("verify", "verify.json")["results"]
+    }
     precision = {"teacher": "fp32", "student": student_precision(ctx)}
     results, runtimes = [], {}
     for target in ctx.targets:
@@ -27,12 +29,14 @@ def run(ctx: Context) -> Context:
             if reason is None:
                 runtime = get_runtime(rt.name)
                 runtimes[rt.name] = runtime.describe()
-                sessions = {m: runtime.open(ctx.run.path / a["path"], cfg.threads) for m, a in pair.items()}
+                sessions = {
+                    m: runtime.open(ctx.run.path / a["path"], cfg.threads) for m, a in pair.items()
+                }
             for batch in cfg.batches:
                 stats = {}
                 if sessions:
                     x = _batch(ctx.data.test.x, batch)
-                    calls = {m: (lambda s=s: s.run(x)) for m, s in sessions.items()}
+                    calls = {m: (lambda s=s, x=x: s.run(x)) for m, s in sessions.items()}
                     stats = measure_interleaved(
                         calls, warmup=cfg.warmup, min_runs=cfg.min_runs, min_seconds=cfg.min_seconds
                     )
@@ -68,7 +72,10 @@ def run(ctx: Context) -> Context:
                     )
             if reason:
                 ctx.log(f"  [yellow]{target.name}/{rt.name}: skipped ({reason})[/yellow]")
-    write_json(ctx.out("bench.json"), {"results": results, "runtimes": runtimes, "environment": describe_environment()})
+    write_json(
+        ctx.out("bench.json"),
+        {"results": results, "runtimes": runtimes, "environment": describe_environment()},
+    )
     ctx.metrics.update(rows=len(results), skipped=sum(r["status"] == "skipped" for r in results))
     return ctx
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .splits import DataSplits, Split, split_arrays
 from .sources import load_data
+from .splits import DataSplits, Split, split_arrays
 
 __all__ = ["DataSplits", "Split", "load_data", "split_arrays"]

@@ -44,8 +44,10 @@ def _npz(path: Path) -> DataSplits:
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "x" not in npz:
-                raise InputError(f"data file '{path}' has no array 'x' (found: {', '.join(npz.files)})")
-            x, y = npz["x"], npz["y"] if "y" in npz else None
+                raise InputError(
+                    f"data file '{path}' has no array 'x' (found: {', '.join(npz.files)})"
+                )
+            x, y = npz["x"], npz.get("y")
     except (OSError, ValueError) as exc:
         raise InputError(f"data file '{path}' is not a readable .npz ({exc})") from None
     if y is not None and len(y) != len(x):
@@ -59,7 +61,9 @@ def _image_folder(root: Path) -> DataSplits:
 
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
-        raise InputError(f"image folder '{root}' has no class subfolders; put images in {root}/<class>/")
+        raise InputError(
+            f"image folder '{root}' has no class subfolders; put images in {root}/<class>/"
+        )
     images, labels = [], []
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
@@ -72,7 +76,9 @@ def _image_folder(root: Path) -> DataSplits:
                 raise InputError(f"image '{f}' is unreadable ({exc})") from None
             labels.append(label)
     if not images:
-        raise InputError(f"image folder '{root}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise InputError(
+            f"image folder '{root}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     if len({im.shape for im in images}) > 1:
         raise InputError(f"images in '{root}' differ in size; resize them to one size first")
     x = np.stack(images).transpose(0, 3, 1, 2)  # NHWC -> NCHW
@@ -99,4 +105,6 @@ def _materialize(dataset, spec: str) -> Split:
     if not xs:
         raise InputError(f"data factory '{spec}' returned an empty dataset")
     labelled = all(y is not None for y in ys)
-    return Split(np.stack(xs), np.asarray([int(y) for y in ys], dtype=np.int64) if labelled else None)
+    return Split(
+        np.stack(xs), np.asarray([int(y) for y in ys], dtype=np.int64) if labelled else None
+    )

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class Split:
@@ -42,10 +44,20 @@ class DataSplits:
 
 
 def split_arrays(
-    name: str, x: np.ndarray, y: np.ndarray | None, seed: int = 0, val: float = 0.15, test: float = 0.15
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    seed: int = 0,
+    val: float = 0.15,
+    test: float = 0.15,
 ) -> DataSplits:
     """Shuffle once with a fixed seed, then cut train/val/test (stratified when labelled)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x.reshape(len(x), -1))).any(1).sum())
+        raise InputError(
+            f"data '{name}' has NaN/Inf values in {bad} of {len(x)} inputs; clean or drop them"
+        )
     y = None if y is None else np.asarray(y, dtype=np.int64)
     rng = np.random.default_rng(seed)
     if y is None:
@@ -57,10 +69,16 @@ def split_arrays(
         for cls in np.unique(y):
             idx = rng.permutation(np.flatnonzero(y == cls))
             n_test, n_val = round(len(idx) * test), round(len(idx) * val)
-            for part, chosen in zip(parts, (idx[n_test + n_val :], idx[n_test : n_test + n_val], idx[:n_test]), strict=True):
+            for part, chosen in zip(
+                parts,
+                (idx[n_test + n_val :], idx[n_test : n_test + n_val], idx[:n_test]),
+                strict=True,
+            ):
                 part.extend(chosen)
         parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     splits = [Split(x[p], None if y is None else y[p]) for p in parts]
     if min(len(s) for s in splits) == 0:
-        raise ValueError(f"data '{name}' has too few examples ({len(x)}) for a train/val/test split")
+        raise ValueError(
+            f"data '{name}' has too few examples ({len(x)}) for a train/val/test split"
+        )
     return DataSplits(name, *splits)

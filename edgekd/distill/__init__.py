@@ -10,7 +10,9 @@ from .train import distill
 
 
 def run(ctx: Context) -> Context:
-    student, ckpt = load_student(ctx.teacher, ctx.path_of("prune", "student.pt"), ctx.plan, ctx.example)
+    student, ckpt = load_student(
+        ctx.teacher, ctx.path_of("prune", "student.pt"), ctx.plan, ctx.example
+    )
     fold_batchnorm(student, ctx.example)
     prepare_qat(student, ctx.plan)
     result = distill(student, ctx.teacher, ctx.data, ctx.recipe.distill, ctx.log)

@@ -14,7 +14,12 @@ def kd_loss(
     alpha: float,
 ) -> torch.Tensor:
     t = temperature
-    kd = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean")
+    kd = F.kl_div(
+        F.log_softmax(student / t, 1),
+        F.log_softmax(teacher / t, 1),
+        log_target=True,
+        reduction="batchmean",
+    )
     kd = kd * t * t  # keeps gradient size independent of T
     if labels is None:
         return kd

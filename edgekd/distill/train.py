@@ -41,7 +41,13 @@ def distill(
         student.train()
         losses = []
         for step, idx in enumerate(torch.randperm(len(x), generator=gen).split(cfg.batch_size)):
-            loss = kd_loss(student(x[idx]), teacher_train[idx], None if y is None else y[idx], cfg.temperature, cfg.alpha)
+            loss = kd_loss(
+                student(x[idx]),
+                teacher_train[idx],
+                None if y is None else y[idx],
+                cfg.temperature,
+                cfg.alpha,
+            )
             if not torch.isfinite(loss):
                 raise StageError(
                     f"distillation loss is {loss.item()} at epoch {epoch} step {step}; "

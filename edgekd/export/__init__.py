@@ -14,8 +14,13 @@ MODELS = ("teacher", "student")
 
 
 def run(ctx: Context) -> Context:
-    student, _ = load_student(ctx.teacher, ctx.path_of("distill", "student.pt"), ctx.plan, ctx.example)
-    protos = {"teacher": export_float(ctx.teacher, ctx.example), "student": student_onnx(student, ctx.example)}
+    student, _ = load_student(
+        ctx.teacher, ctx.path_of("distill", "student.pt"), ctx.plan, ctx.example
+    )
+    protos = {
+        "teacher": export_float(ctx.teacher, ctx.example),
+        "student": student_onnx(student, ctx.example),
+    }
     onnx_paths = {}
     for model, proto in protos.items():
         onnx_paths[model] = ctx.out(f"{model}.onnx")
@@ -26,7 +31,14 @@ def run(ctx: Context) -> Context:
         runtime = get_runtime(name)
         reason = runtime.unavailable_reason()
         for model in MODELS:
-            entry = {"model": model, "runtime": name, "path": None, "size_bytes": None, "status": "ok", "reason": None}
+            entry = {
+                "model": model,
+                "runtime": name,
+                "path": None,
+                "size_bytes": None,
+                "status": "ok",
+                "reason": None,
+            }
             if reason:
                 entry.update(status="skipped", reason=reason)
             else:
@@ -35,7 +47,8 @@ def run(ctx: Context) -> Context:
                 files = sorted(dest.parent.glob(f"{dest.stem}.*"))  # e.g. OpenVINO's .xml + .bin
                 ctx.outputs.extend(f for f in files if f not in ctx.outputs)
                 entry.update(
-                    path=str(path.relative_to(ctx.run.path)), size_bytes=sum(f.stat().st_size for f in files)
+                    path=str(path.relative_to(ctx.run.path)),
+                    size_bytes=sum(f.stat().st_size for f in files),
                 )
             artifacts.append(entry)
         if reason:
@@ -46,6 +59,8 @@ def run(ctx: Context) -> Context:
         artifacts=artifacts,
     )
     ctx.log(
-        "  ONNX size: teacher {teacher:,} B, student {student:,} B".format(**ctx.metrics["onnx_size_bytes"])
+        "  ONNX size: teacher {teacher:,} B, student {student:,} B".format(
+            **ctx.metrics["onnx_size_bytes"]
+        )
     )
     return ctx

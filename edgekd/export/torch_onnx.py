@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import warnings
 
 import numpy as np
@@ -23,6 +24,8 @@ OPSET = 21  # DequantizeLinear with INT4/UINT4 and blocked scales
 def export_float(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     """Dynamo export with a symbolic batch (the example must have batch >= 2 to keep it symbolic)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter narrates every step and warns about optional torchvision ops; keep the CLI quiet.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
@@ -60,7 +63,9 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
         module.__class__ = plain_class[type(module)]  # the float twin: same weights, no fake quant
         del module.act_quant
     model = quantize_weights(export_float(plain, example), weights)
-    return quantize_activations(model, {_input_of(model, name): qp for name, qp in activations.items()})
+    return quantize_activations(
+        model, {_input_of(model, name): qp for name, qp in activations.items()}
+    )
 
 
 def _to_tensor(qw, fmt) -> QuantizedTensor:

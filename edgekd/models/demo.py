@@ -52,6 +52,8 @@ def demo_teacher(log=print) -> nn.Module:
         except Exception:  # a stale or damaged cache is rebuilt, never trusted
             log(f"demo teacher cache {path} is unreadable; retraining")
     log("training the demo teacher on scikit-learn digits (once; cached afterwards)")
+    torch.manual_seed(0)
+    model = DigitsCNN()  # seeded init: every machine trains the same teacher
     accuracy = train_demo(model, load_data("digits"))
     if accuracy < DEMO_MIN_ACCURACY:
         raise RuntimeError(f"demo teacher reached only {accuracy:.3f} test accuracy")

@@ -36,13 +36,17 @@ def save_student(
     return path
 
 
-def load_student(teacher: nn.Module, path: Path, plan: Plan, example: torch.Tensor) -> tuple[nn.Module, dict]:
+def load_student(
+    teacher: nn.Module, path: Path, plan: Plan, example: torch.Tensor
+) -> tuple[nn.Module, dict]:
     """Rebuild (prune, mask, fold, quantize) a teacher copy, then load the saved weights."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         assert ckpt["format"] == FORMAT
     except Exception:
-        raise InputError(f"student checkpoint '{path}' is missing or corrupt; re-run the stage that wrote it") from None
+        raise InputError(
+            f"student checkpoint '{path}' is missing or corrupt; re-run the stage that wrote it"
+        ) from None
     model = replay_pruning(copy.deepcopy(teacher).eval(), ckpt["pruning"], example)
     state = ckpt["state_dict"]
     for key, tensor in state.items():

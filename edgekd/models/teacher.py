@@ -16,12 +16,17 @@ from ..specs import import_factory
 
 
 def load_teacher(
-    spec: str | None, weights: str | None = None, trust: bool = False, log: Callable[[str], None] = print
+    spec: str | None,
+    weights: str | None = None,
+    trust: bool = False,
+    log: Callable[[str], None] = print,
 ) -> nn.Module:
     spec = spec or "demo"
     if spec == "demo":
         if weights:
-            raise UsageError("--weights does not apply to the demo teacher; drop it or name a factory")
+            raise UsageError(
+                "--weights does not apply to the demo teacher; drop it or name a factory"
+            )
         from .demo import demo_teacher
 
         return demo_teacher(log)
@@ -33,7 +38,9 @@ def load_teacher(
     if ":" in spec and not path.exists():
         model = import_factory(spec, "teacher")()
         if not isinstance(model, nn.Module):
-            raise InputError(f"teacher '{spec}' returned {type(model).__name__}, not a torch nn.Module")
+            raise InputError(
+                f"teacher '{spec}' returned {type(model).__name__}, not a torch nn.Module"
+            )
         if weights:
             _load_weights(model, Path(weights), trust)
         return model.eval()
@@ -50,7 +57,7 @@ def read_checkpoint(path: Path, trust: bool = False) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if not trust and "weights_only" in str(exc):
+        if not trust and "Unsupported global" in str(exc):  # a pickled object, not a broken file
             raise InputError(
                 f"checkpoint '{path}' holds Python objects beyond tensors; if you trust it, "
                 "re-run with --trust-checkpoint"
@@ -74,7 +81,9 @@ def _load_weights(model: nn.Module, path: Path, trust: bool) -> None:
         f"unexpected {k}" for k in result.unexpected_keys
     ]
     if problems:
-        shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+        shown = ", ".join(problems[:3]) + (
+            f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        )
         raise InputError(f"weights '{path}' do not fit the teacher: {shown}")
 
 
@@ -86,7 +95,9 @@ def _pickled_module(path: Path, trust: bool) -> nn.Module:
         )
     model = read_checkpoint(path, trust=True)
     if not isinstance(model, nn.Module):
-        raise InputError(f"'{path}' holds {type(model).__name__}, not an nn.Module; use --weights for state dicts")
+        raise InputError(
+            f"'{path}' holds {type(model).__name__}, not an nn.Module; use --weights for state dicts"
+        )
     return model.eval()
 
 
@@ -96,7 +107,9 @@ def _exported_program(path: Path) -> nn.Module:
     try:
         return torch.export.load(path).module()
     except Exception as exc:
-        raise InputError(f"teacher archive '{path}' is not a readable torch.export .pt2 ({exc})") from None
+        raise InputError(
+            f"teacher archive '{path}' is not a readable torch.export .pt2 ({exc})"
+        ) from None
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -104,5 +117,7 @@ def model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(
+            tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        )
     return digest.hexdigest()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 
+from .. import models  # module import: models.student imports prune's primitives
 from ..context import Context
 from ..evaluate import accuracy, count_params, predict, torch_fn
-from .. import models  # module import: models.student imports prune's primitives
 from .sparsity import apply_2of4
 from .structured import prune_channels
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -30,10 +32,17 @@ class ActQuant(nn.Module):
                 self.hi.copy_(hi)
                 self.initialized.fill_(True)
         scale, zero_point = self.qparams()
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, -128, 127)
+        # ONNX QuantizeLinear divides by the scale and rounds half to even; so does this, so the
+        # exported QDQ graph sees the same codes (torch's fake_quantize multiplies by 1/scale).
+        lo, hi = (-128 - zero_point) * scale, (127 - zero_point) * scale
+        clipped = x.clamp(lo, hi)  # no gradient outside the range, as in real saturation
+        q = torch.clamp(torch.round(x / scale) + zero_point, -128, 127)
+        return clipped + ((q - zero_point) * scale - clipped).detach()
 
     def qparams(self) -> tuple[float, int]:
         span = float(self.hi - self.lo)
+        if not math.isfinite(span):  # non-finite activations: let the loss guard name the problem
+            return 1.0, 0
         scale = span / 255 if span > 0 else 1.0
         return scale, int(min(127, max(-128, -128 + round(-float(self.lo) / scale))))
 

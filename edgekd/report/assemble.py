@@ -51,7 +51,11 @@ def assemble(ctx: Context) -> dict[str, Any]:
 
 def speedups(results: list[dict]) -> list[dict]:
     """Teacher p50 / student p50 per target, runtime and batch (measured in the same interleaved run)."""
-    rows = {(r["target"], r["runtime"], r["batch"], r["model"]): r for r in results if r["status"] == "ok"}
+    rows = {
+        (r["target"], r["runtime"], r["batch"], r["model"]): r
+        for r in results
+        if r["status"] == "ok"
+    }
     out = []
     for (target, runtime, batch, model), row in rows.items():
         student = rows.get((target, runtime, batch, "student"))

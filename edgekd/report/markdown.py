@@ -26,14 +26,33 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Teacher and student were timed interleaved on the same inputs in one run.",
         "",
         *_table(
-            ["target", "runtime", "model", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "status"],
+            [
+                "target",
+                "runtime",
+                "model",
+                "precision",
+                "batch",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "img/s",
+                "status",
+            ],
             [_latency_row(r) for r in report["results"]],
         ),
         "",
         "## Verification (exports vs PyTorch, test split)",
         "",
         *_table(
-            ["model", "runtime", "top-1 agreement", "max abs error", "mean abs error", "accuracy", "status"],
+            [
+                "model",
+                "runtime",
+                "top-1 agreement",
+                "max abs error",
+                "mean abs error",
+                "accuracy",
+                "status",
+            ],
             [_verify_row(r) for r in report["verify"]],
         ),
         "",
@@ -60,7 +79,18 @@ def _latency_row(r: dict) -> list:
     fmt = lambda v: f"{v:.3f}" if v is not None else "–"  # noqa: E731
     status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
     ips = f"{r['throughput_ips']:.0f}" if r["throughput_ips"] else "–"
-    return [r["target"], r["runtime"], r["model"], r["precision"], r["batch"], fmt(lat.get("p50")), fmt(lat.get("p90")), fmt(lat.get("p99")), ips, status]
+    return [
+        r["target"],
+        r["runtime"],
+        r["model"],
+        r["precision"],
+        r["batch"],
+        fmt(lat.get("p50")),
+        fmt(lat.get("p90")),
+        fmt(lat.get("p99")),
+        ips,
+        status,
+    ]
 
 
 def _verify_row(r: dict) -> list:
@@ -80,11 +110,22 @@ def _plan(plan: dict) -> list[str]:
         acts = f"A{lp['activation_bits']}" if lp["activation_bits"] else "float"
         granularity = f"block {lp['block_size']}" if lp["block_size"] else "per-channel"
         rows.append(
-            [f"`{lp['name']}`", lp["op"], lp["keep_ratio"], lp["sparsity"] or "dense", f"{bits} {granularity}", acts]
+            [
+                f"`{lp['name']}`",
+                lp["op"],
+                lp["keep_ratio"],
+                lp["sparsity"] or "dense",
+                f"{bits} {granularity}",
+                acts,
+            ]
             + [lp["runs_as"][k] for k in runtimes]
             + ["; ".join(lp["notes"])]
         )
     out = _table(["layer", "op", "keep", "sparsity", "weights", "acts", *runtimes, "notes"], rows)
     if plan["adjustments"]:
-        out += ["", "Requests changed to fit the targets:", *[f"- {a}" for a in plan["adjustments"]]]
+        out += [
+            "",
+            "Requests changed to fit the targets:",
+            *[f"- {a}" for a in plan["adjustments"]],
+        ]
     return out

@@ -11,20 +11,33 @@ from ..runtimes import get_runtime
 
 
 def run(ctx: Context) -> Context:
-    student, _ = load_student(ctx.teacher, ctx.path_of("distill", "student.pt"), ctx.plan, ctx.example)
+    student, _ = load_student(
+        ctx.teacher, ctx.path_of("distill", "student.pt"), ctx.plan, ctx.example
+    )
     test = ctx.data.test
-    reference = {"teacher": predict(torch_fn(ctx.teacher), test.x), "student": predict(torch_fn(student), test.x)}
+    reference = {
+        "teacher": predict(torch_fn(ctx.teacher), test.x),
+        "student": predict(torch_fn(student), test.x),
+    }
     threshold = ctx.recipe.verify.min_agreement
     results = []
     for art in ctx.read_json("export", "artifacts.json"):
-        row = {"model": art["model"], "runtime": art["runtime"], "status": art["status"], "reason": art["reason"]}
+        row = {
+            "model": art["model"],
+            "runtime": art["runtime"],
+            "status": art["status"],
+            "reason": art["reason"],
+        }
         if art["status"] == "ok":
             session = get_runtime(art["runtime"]).open(ctx.run.path / art["path"])
             logits = predict(session.run, test.x, batch=64)
             row.update(agreement(logits, reference[art["model"]]))
             row["accuracy"] = accuracy(logits, test, reference["teacher"])
             if row["top1_agreement"] < threshold:
-                row.update(status="failed", reason=f"top-1 agreement {row['top1_agreement']:.2%} < {threshold:.0%}")
+                row.update(
+                    status="failed",
+                    reason=f"top-1 agreement {row['top1_agreement']:.2%} < {threshold:.0%}",
+                )
             ctx.log(
                 f"  {art['model']:<8}{art['runtime']:<12} agreement {row['top1_agreement']:.2%}  "
                 f"max |err| {row['max_abs_error']:.2e}"
@@ -33,12 +46,19 @@ def run(ctx: Context) -> Context:
     summary = {
         "split": "test",
         "examples": len(test),
-        "pytorch": {m: {"accuracy": accuracy(logits, test, reference["teacher"])} for m, logits in reference.items()},
+        "pytorch": {
+            m: {"accuracy": accuracy(logits, test, reference["teacher"])}
+            for m, logits in reference.items()
+        },
         "results": results,
     }
     write_json(ctx.out("verify.json"), summary)
     ctx.metrics.update(results=results)
-    failed = [f"{r['model']}/{r['runtime']} ({r['reason']})" for r in results if r["status"] == "failed"]
+    failed = [
+        f"{r['model']}/{r['runtime']} ({r['reason']})" for r in results if r["status"] == "failed"
+    ]
     if failed:
-        raise StageError(f"exports disagree with PyTorch: {'; '.join(failed)}; see {ctx.out('verify.json')}")
+        raise StageError(
+            f"exports disagree with PyTorch: {'; '.join(failed)}; see {ctx.out('verify.json')}"
+        )
     return ctx

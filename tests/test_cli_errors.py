@@ -1,0 +1,122 @@
+"""Bad input: one line naming the problem, a non-zero exit code, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import edgekd
+
+TESTS = Path(__file__).parent
+
+
+def _one_line_error(result, code: int, *needles: str) -> None:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 truncated")
+    rgb = tmp_path / "rgb.npz"
+    np.savez(rgb, x=np.zeros((50, 3, 5, 5), np.float32))
+    return {"corrupt": corrupt, "rgb": rgb, "missing": tmp_path / "missing.pt"}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needles"),
+    [
+        (["--recipe", "defualt"], 2, ["unknown recipe preset 'defualt'", "did you mean 'default'"]),
+        (["--set", "quant.bitz=4"], 2, ["unknown recipe key 'quant.bitz'"]),
+        (["--target", "jetson"], 2, ["unknown target 'jetson'", "edgekd targets"]),
+        (
+            ["--teacher", "conftest:tiny_net", "--weights", "{missing}"],
+            3,
+            ["missing.pt' not found"],
+        ),
+        (
+            ["--teacher", "conftest:tiny_net", "--weights", "{corrupt}"],
+            3,
+            ["corrupt or not a PyTorch file"],
+        ),
+        (["--data", "{rgb}"], 4, ["inputs of shape [3, 5, 5]", "does not fit the teacher"]),
+        (["--teacher", "no/such/model.pt2"], 3, ["model.pt2' not found"]),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_and_no_run_dir(
+    args, code, needles, bad_files, tmp_path
+):
+    out = tmp_path / "out"
+    args = [a.format(**bad_files) for a in args]
+    result = edgekd("compress", "--out", str(out), *args, cwd=TESTS)
+    _one_line_error(result, code, *needles)
+    assert not out.exists()
+
+
+def test_stage_command_on_a_missing_run_is_one_line(tmp_path):
+    _one_line_error(edgekd("export", str(tmp_path / "nope")), 3, "not an edgekd run directory")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = edgekd("compress", "--out", str(tmp_path / "o"), "--recipe", "nope", "--debug")
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_nan_inputs_are_rejected_before_any_work(tmp_path):
+    data = tmp_path / "nan.npz"
+    x = np.random.default_rng(0).random((60, 1, 8, 8), dtype=np.float32)
+    x[5, 0, 0, 0] = np.nan
+    np.savez(data, x=x)
+    out = tmp_path / "run"
+    _one_line_error(
+        edgekd("compress", "--out", str(out), "--data", str(data)), 3, "NaN/Inf values in 1 of 60"
+    )
+    assert not out.exists()
+
+
+def test_targets_lists_runtimes_and_says_what_runs_here():
+    result = edgekd("targets")
+    assert result.returncode == 0
+    assert (
+        "x86-cpu" in result.stdout
+        and "jetson-orin" in result.stdout
+        and "this machine is" in result.stdout
+    )
+
+
+def test_recipe_show_prints_resolved_yaml():
+    result = edgekd("recipe", "show", "default", "--set", "quant.weight_bits=3")
+    assert (
+        result.returncode == 0
+        and "weight_bits: 3" in result.stdout
+        and "sparsity: '2:4'" in result.stdout
+    )
+
+
+def test_version_flag():
+    result = edgekd("--version")
+    assert result.returncode == 0 and "edgekd, version" in result.stdout
+
+
+def test_inspect_reports_per_layer_sparsity_and_bits(demo_run):
+    result = edgekd("inspect", str(demo_run[0]), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["layer"]: r for r in json.loads(result.stdout)}
+    assert rows["features.3"]["sparsity"] == "2:4" and rows["features.3"]["weight_bits"] == 4
+    assert rows["features.0"]["sparsity"] == "dense"
+    assert rows["classifier.1"]["macs"] == 512 * 128
+
+
+def test_inspect_teacher_spec_shows_float_weights():
+    result = edgekd("inspect", "conftest:tiny_net", "--json", cwd=TESTS)
+    assert result.returncode == 0, result.stderr
+    assert {r["weight_bits"] for r in json.loads(result.stdout)} == {32}
+    assert torch is not None

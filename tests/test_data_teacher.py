@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgekd.data import load_data
+from edgekd.errors import InputError, UsageError
+from edgekd.models import load_teacher
+
+
+def test_digits_split_is_seeded_and_disjoint():
+    a, b = load_data("digits"), load_data("digits")
+    assert a.fingerprint() == b.fingerprint()
+    assert (len(a.train), len(a.val), len(a.test)) == (1259, 269, 269)
+    assert a.input_shape == (1, 8, 8) and a.labelled
+    assert a.train.x.min() >= 0.0 and a.train.x.max() <= 1.0
+
+
+def test_npz_without_labels_is_unlabelled(tmp_path):
+    path = tmp_path / "inputs.npz"
+    np.savez(path, x=np.random.rand(100, 1, 8, 8).astype(np.float32))
+    data = load_data(str(path))
+    assert not data.labelled and len(data.train) + len(data.val) + len(data.test) == 100
+
+
+def test_npz_problems_are_named(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=np.zeros((4, 2)))
+    with pytest.raises(InputError, match="no array 'x'"):
+        load_data(str(path))
+    np.savez(path, x=np.zeros((4, 2)), y=np.zeros(3))
+    with pytest.raises(InputError, match="3 labels for 4 inputs"):
+        load_data(str(path))
+
+
+def test_image_folder_gives_one_class_per_subfolder(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(
+                tmp_path / cls / f"{i}.png"
+            )
+    data = load_data(str(tmp_path))
+    assert data.input_shape == (3, 6, 6)
+    assert set(np.unique(np.concatenate([data.train.y, data.test.y]))) == {0, 1}
+
+
+def test_factory_data_spec(tmp_path, monkeypatch):
+    (tmp_path / "mydata.py").write_text(
+        "import numpy as np\n"
+        "def splits():\n"
+        "    r = np.random.default_rng(0)\n"
+        "    ds = lambda n: [(r.random((1, 8, 8), dtype=np.float32), i % 10) for i in range(n)]\n"
+        "    return {'train': ds(30), 'val': ds(10), 'test': ds(10)}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = load_data("mydata:splits")
+    assert len(data.train) == 30 and data.labelled
+
+
+def test_unknown_data_spec_says_what_is_accepted():
+    with pytest.raises(InputError, match="pass 'digits', an image folder"):
+        load_data("no/such/folder")
+
+
+def test_factory_teacher_loads_weights_only_state_dict(tmp_path, tiny):
+    weights = tmp_path / "w.pt"
+    torch.save({"state_dict": tiny.state_dict()}, weights)
+    model = load_teacher("conftest:tiny_net", str(weights))
+    x = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(model(x), tiny(x))
+
+
+def test_corrupt_and_mismatched_weights_are_named(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    with pytest.raises(InputError, match="corrupt or not a PyTorch file"):
+        load_teacher("conftest:tiny_net", str(corrupt))
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
+    with pytest.raises(InputError, match="do not fit the teacher: missing"):
+        load_teacher("conftest:tiny_net", str(wrong))
+
+
+def test_pickled_checkpoint_needs_explicit_trust(tmp_path, tiny):
+    path = tmp_path / "whole.pt"
+    torch.save(tiny, path)
+    with pytest.raises(UsageError, match="--trust-checkpoint"):
+        load_teacher(str(path))
+    assert isinstance(load_teacher(str(path), trust=True), torch.nn.Module)
+
+
+def test_torch_export_archive_is_a_teacher(tmp_path, tiny, example):
+    path = tmp_path / "tiny.pt2"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.export.save(torch.export.export(tiny, (example,), dynamic_shapes=({0: batch},)), path)
+    model = load_teacher(str(path))
+    torch.testing.assert_close(model(example), tiny(example))
+
+
+def test_bad_factory_spec_is_named():
+    with pytest.raises(InputError, match="cannot import 'no_such_pkg.models'"):
+        load_teacher("no_such_pkg.models:net")

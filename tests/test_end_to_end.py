@@ -1,0 +1,115 @@
+"""`edgekd compress` on the demo through the real CLI: every promise of the run, checked on disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+STAGES = ["prune", "distill", "export", "verify", "bench", "report"]
+RESULT_KEYS = {
+    "model", "runtime", "target", "precision", "batch", "latency_ms", "throughput_ips",
+    "size_bytes", "accuracy", "agreement", "status", "reason",
+}  # fmt: skip
+
+
+def _report(run):
+    return json.loads((run / "report.json").read_text())
+
+
+def test_every_stage_is_done_in_the_manifest(demo_run):
+    run, _ = demo_run
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [s for s in STAGES if manifest["stages"][s]["status"] == "done"] == STAGES
+    for stage in STAGES:
+        rec = manifest["stages"][stage]
+        assert rec["outputs"] and rec["inputs"]["fingerprint"] == manifest["fingerprint"]
+        assert rec["versions"]["torch"] and rec["seconds"] >= 0
+
+
+def test_student_is_within_two_points_of_teacher(demo_run):
+    report = _report(demo_run[0])
+    assert report["teacher"]["accuracy"] >= 0.97
+    assert report["student"]["accuracy"] >= report["teacher"]["accuracy"] - 0.02
+
+
+def test_onnxruntime_and_openvino_agree_with_pytorch_student(demo_run):
+    rows = {(r["model"], r["runtime"]): r for r in _report(demo_run[0])["verify"]}
+    for runtime in ("onnxruntime", "openvino"):
+        assert rows[("student", runtime)]["top1_agreement"] >= 0.99
+        assert rows[("teacher", runtime)]["max_abs_error"] < 1e-3
+
+
+def _dequantized_weight(model: onnx.ModelProto, tensor: str) -> np.ndarray:
+    """Decode a DequantizeLinear's stored low-bit initializers with numpy, as a runtime would."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    node = next(
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == tensor
+    )
+    attrs = {a.name: a.i for a in node.attribute}
+    q = inits[node.input[0]].astype(np.int32)
+    scale = inits[node.input[1]].astype(np.float32)
+    zp = (
+        inits[node.input[2]].astype(np.int32)
+        if len(node.input) > 2
+        else np.zeros_like(scale, np.int32)
+    )
+    axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
+    if block:
+        scale = np.repeat(scale, block, axis=axis).take(range(q.shape[axis]), axis=axis)
+        zp = np.repeat(zp, block, axis=axis).take(range(q.shape[axis]), axis=axis)
+    else:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (q - zp).astype(np.float32) * scale
+
+
+def test_layers_reported_2of4_are_2of4_in_exported_onnx_weights(demo_run):
+    run, _ = demo_run
+    report = _report(run)
+    layers = report["student"]["sparse_2of4_layers"]
+    assert len(layers) >= 3
+    model = onnx.load(run / "export" / "student.onnx")
+    low_bit = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+    assert any(i.data_type in low_bit for i in model.graph.initializer)
+    for layer in layers:
+        w = _dequantized_weight(model, f"{layer}.weight")
+        groups = np.moveaxis(w, 1, -1).reshape(-1, 4)
+        assert ((groups != 0).sum(axis=1) <= 2).all(), layer
+        assert (w != 0).mean() > 0.4  # the other half is really there
+
+
+def test_report_files_exist_with_required_fields(demo_run):
+    run, _ = demo_run
+    assert (run / "report.md").read_text().startswith("# edgekd report")
+    report = _report(run)
+    for who in ("teacher", "student"):
+        assert {"params", "accuracy", "size_bytes"} <= report[who].keys()
+    assert report["student"]["size_bytes"] * 4 < report["teacher"]["size_bytes"]
+    assert {"cpu", "os", "libraries"} <= report["environment"].keys()
+    assert report["environment"]["cpu"]["logical_cores"] >= 1
+    results = report["results"]
+    assert all(r.keys() >= RESULT_KEYS for r in results)
+    ok = [r for r in results if r["status"] == "ok"]
+    assert {(r["runtime"], r["batch"], r["model"]) for r in ok} == {
+        (rt, b, m)
+        for rt in ("onnxruntime", "openvino")
+        for b in (1, 32)
+        for m in ("teacher", "student")
+    }
+    for r in ok:
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and r["throughput_ips"] > 0
+        assert r["agreement"] >= 0.99 and r["precision"] == (
+            "fp32" if r["model"] == "teacher" else "w4a8+2:4"
+        )
+
+
+def test_cli_prints_summary_table_and_report_path(demo_run):
+    run, result = demo_run
+    assert "teacher vs student" in result.stdout
+    assert "latency p50 onnxruntime b1" in result.stdout
+    assert f"report: {run / 'report.md'}" in result.stdout

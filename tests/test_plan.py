@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from edgekd.errors import UsageError
+from edgekd.plan import Plan, output_layers, resolve_plan
+from edgekd.recipe import load_recipe
+from edgekd.targets import load_target
+
+
+def test_plan_marks_2of4_only_where_input_dim_is_multiple_of_4(tiny, example):
+    plan = resolve_plan(load_recipe("default"), [load_target("x86-cpu")], tiny, example)
+    assert plan.layer("features.0").sparsity is None  # 1 input channel
+    assert "not a multiple of 4" in plan.layer("features.0").notes[0]
+    assert plan.layer("features.3").sparsity == "2:4"
+    assert plan.layer("head.1").sparsity == "2:4"
+
+
+def test_output_layer_keeps_its_channels(tiny, example):
+    assert output_layers(tiny, example) == {"head.3"}
+    plan = resolve_plan(load_recipe("small"), [load_target("x86-cpu")], tiny, example)
+    assert plan.layer("head.3").keep_ratio == 1.0
+    assert plan.layer("head.1").keep_ratio == 0.5
+
+
+def test_bits_a_target_cannot_load_become_nearest_legal_and_are_reported(tiny, example):
+    plan = resolve_plan(
+        load_recipe("default", ["quant.weight_bits=2"]), [load_target("x86-cpu")], tiny, example
+    )
+    assert {lp.weight_bits for lp in plan.layers} == {3}
+    assert "W2 -> W3" in plan.adjustments[0] and "openvino" in plan.adjustments[0]
+
+
+def test_runs_as_tells_how_each_runtime_executes_a_layer(tiny, example):
+    plan = resolve_plan(load_recipe("default"), [load_target("x86-cpu")], tiny, example)
+    conv, fc = plan.layer("features.3"), plan.layer("head.1")
+    assert (
+        conv.runs_as["x86-cpu/onnxruntime"]
+        == "int4 weights dequantized to float, 2:4 zeros run dense"
+    )
+    assert fc.runs_as["x86-cpu/openvino"].startswith("int4 kernel")
+
+
+def test_overrides_and_skip_apply_by_regex(tiny, example):
+    recipe = load_recipe(
+        "default",
+        ["quant.overrides=[{match: 'head\\.3', weight_bits: 8}]", "prune.skip=['head.*']"],
+    )
+    plan = resolve_plan(recipe, [load_target("x86-cpu")], tiny, example)
+    assert plan.layer("head.3").weight_bits == 8
+    assert plan.layer("head.1").sparsity is None
+
+
+def test_plan_round_trips_through_dict(tiny, example):
+    plan = resolve_plan(load_recipe("default"), [load_target("x86-cpu")], tiny, example)
+    assert Plan.from_dict(plan.to_dict()) == plan
+
+
+def test_out_of_range_keep_ratio_is_an_error(tiny, example):
+    with pytest.raises(UsageError, match="keep_ratio"):
+        resolve_plan(
+            load_recipe("default", ["prune.keep_ratio=0"]), [load_target("x86-cpu")], tiny, example
+        )
+
+
+def test_unknown_target_suggests_nearest():
+    with pytest.raises(UsageError, match="did you mean 'x86-cpu'"):
+        load_target("x86_cpu")

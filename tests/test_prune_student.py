@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edgekd.errors import InputError
+from edgekd.models import load_student, save_student
+from edgekd.plan import resolve_plan
+from edgekd.prune.sparsity import apply_2of4, is_2of4, reapply_masks
+from edgekd.prune.structured import prune_channels
+from edgekd.quant import QuantLayer, fold_batchnorm, prepare_qat
+from edgekd.recipe import load_recipe
+from edgekd.targets import load_target
+
+
+def _plan(model, example, preset="small"):
+    return resolve_plan(load_recipe(preset), [load_target("x86-cpu")], model, example)
+
+
+def test_channel_pruning_halves_hidden_channels_and_keeps_outputs(tiny, example):
+    plan = _plan(tiny, example)
+    student = copy.deepcopy(tiny)
+    decisions = prune_channels(student, plan, example)
+    assert student.features[0].out_channels == 4 and student.features[3].out_channels == 8
+    assert student.head[3].out_features == 10
+    assert decisions and all(d["idxs"] for d in decisions)
+    assert student(example).shape == (2, 10)
+
+
+def test_student_checkpoint_rebuilds_pruned_folded_quantized_model(tiny, example, tmp_path):
+    plan = _plan(tiny, example)
+    student = copy.deepcopy(tiny)
+    decisions = prune_channels(student, plan, example)
+    for name, m in student.named_modules():
+        if (lp := plan.layer(name)) and lp.sparsity:
+            apply_2of4(m)
+    fold_batchnorm(student, example)
+    prepare_qat(student, plan)
+    student.train()(torch.rand(8, 1, 8, 8))  # activation observers see data
+    student.eval()
+    path = save_student(student, tmp_path / "s.pt", decisions, folded=True, quantized=True)
+    rebuilt, ckpt = load_student(tiny, path, plan, example)  # weights_only=True inside
+    assert ckpt["pruning"] == decisions
+    assert isinstance(rebuilt.head[1], QuantLayer) and is_2of4(rebuilt.head[1].weight)
+    torch.testing.assert_close(rebuilt(example), student(example))
+
+
+def test_masks_are_reapplied_after_weights_move(tiny):
+    layer = tiny.head[1]
+    apply_2of4(layer)
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert not is_2of4(layer.weight)
+    reapply_masks(tiny)
+    assert is_2of4(layer.weight)
+
+
+def test_corrupt_student_checkpoint_is_a_clear_error(tiny, example, tmp_path):
+    bad = tmp_path / "student.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="student checkpoint .* corrupt"):
+        load_student(tiny, bad, _plan(tiny, example), example)
+
+
+def test_nan_loss_stops_distillation_with_a_named_error(tiny, example):
+    from edgekd.data import load_data
+    from edgekd.distill.train import distill
+    from edgekd.errors import StageError
+
+    student = copy.deepcopy(tiny)
+    fold_batchnorm(student, example)
+    prepare_qat(student, _plan(tiny, example, "default"))
+    with torch.no_grad():
+        student.head[1].weight[0, 0] = float("nan")  # e.g. a diverged or corrupted weight
+    with pytest.raises(
+        StageError, match=r"distillation loss is nan at epoch 1 step 0; lower distill.lr"
+    ):
+        distill(
+            student, tiny, load_data("digits"), load_recipe("default").distill, log=lambda _: None
+        )

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from edgekd.prune.sparsity import apply_2of4, is_2of4, mask_2of4
+from edgekd.quant import (
+    ActQuant,
+    WeightFormat,
+    fake_quantize_weight,
+    fold_batchnorm,
+    quantize_weight,
+)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("block", [None, 4])
+def test_codes_stay_in_range_and_dequantize_close(bits, symmetric, block):
+    torch.manual_seed(0)
+    w = torch.randn(6, 8, 3, 3)
+    fmt = WeightFormat(bits, symmetric, block)
+    qw = quantize_weight(w, fmt)
+    lo, hi = fmt.qrange
+    assert qw.q.min() >= lo and qw.q.max() <= hi
+    assert torch.equal(qw.q, qw.q.round())
+    err = (qw.dequantize() - w).abs()
+    assert float((err / qw.scale).max()) <= 0.5 + 1e-4  # at most half a step everywhere
+
+
+def test_blocked_scales_differ_per_block_along_input_dim():
+    w = torch.ones(2, 8)
+    w[:, 4:] *= 10
+    qw = quantize_weight(w, WeightFormat(4, True, 4))
+    assert float(qw.scale[0, 0]) != float(qw.scale[0, 4])
+    assert torch.equal(qw.scale[:, :4], qw.scale[:, :1].expand(2, 4))
+
+
+def test_pruned_zeros_stay_exactly_zero_after_quantization():
+    torch.manual_seed(0)
+    w = torch.randn(16, 32) + 3.0  # all positive: zero must still be representable
+    w *= mask_2of4(w)
+    for fmt in (
+        WeightFormat(4, False, None),
+        WeightFormat(3, True, 8),
+        WeightFormat(2, False, None),
+    ):
+        deq = quantize_weight(w, fmt).dequantize()
+        assert torch.equal(deq[w == 0], torch.zeros_like(deq[w == 0]))
+        assert is_2of4(deq)
+
+
+def test_fake_quant_passes_gradient_straight_through():
+    w = torch.randn(4, 8, requires_grad=True)
+    fake_quantize_weight(w, WeightFormat(4, False, None)).sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_2of4_mask_keeps_two_largest_per_group_of_four_along_input():
+    w = torch.tensor([[1.0, -4.0, 3.0, 2.0, 0.5, 0.1, -0.2, 0.3]])
+    assert mask_2of4(w).tolist() == [[0, 1, 1, 0, 1, 0, 0, 1]]
+    conv = torch.nn.Conv2d(8, 4, 3)
+    apply_2of4(conv)
+    assert is_2of4(conv.weight) and conv.weight_mask.shape == conv.weight.shape
+
+
+def test_activation_fake_quant_matches_onnx_quantize_dequantize_exactly():
+    torch.manual_seed(0)
+    act = ActQuant().train()
+    act(torch.randn(256) * 3 + 1)  # observe a range
+    act.eval()
+    x = torch.randn(4096) * 4
+    scale, zp = act.qparams()
+    node_q = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"])
+    node_d = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])
+    graph = helper.make_graph(
+        [node_q, node_d], "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4096])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4096])],
+        [helper.make_tensor("s", TensorProto.FLOAT, [], [scale]), helper.make_tensor("z", TensorProto.INT8, [], [zp])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {"x": x.numpy()})[0]
+    np.testing.assert_array_equal(act(x).detach().numpy(), expected)
+
+
+def test_batchnorm_folding_keeps_outputs(tiny, example):
+    before = tiny(example)
+    folded = fold_batchnorm(tiny, example)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(example), before, rtol=1e-5, atol=1e-5)

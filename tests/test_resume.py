@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import edgekd
+
+
+def _stages(run):
+    return json.loads((run / "manifest.json").read_text())["stages"]
+
+
+def test_resume_after_completed_run_reruns_nothing(demo_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run[0], run)
+    before = _stages(run)
+    result = edgekd("compress", "--out", str(run), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert _stages(run) == before
+    assert result.stdout.count("up to date, skipped") == 6
+
+
+def test_resume_after_deleting_export_reruns_export_and_later_only(demo_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run[0], run)
+    before = _stages(run)
+    (run / "export" / "student.onnx").unlink()
+    result = edgekd("compress", "--out", str(run), "--resume")
+    assert result.returncode == 0, result.stderr
+    after = _stages(run)
+    for stage in ("prune", "distill"):
+        assert after[stage] == before[stage]
+    for stage in ("export", "verify", "bench", "report"):
+        assert (
+            after[stage]["status"] == "done"
+            and after[stage]["started"] >= before[stage]["finished"]
+        )
+        assert after[stage] != before[stage]
+    assert (run / "export" / "student.onnx").is_file()
+
+
+def test_running_one_stage_marks_later_stages_stale(demo_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run[0], run)
+    result = edgekd("verify", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    stages = _stages(run)
+    assert stages["verify"]["status"] == "done"
+    assert stages["bench"]["status"] == stages["report"]["status"] == "stale"
+
+
+def test_existing_run_without_resume_is_refused(demo_run):
+    result = edgekd("compress", "--out", str(demo_run[0]))
+    assert result.returncode == 2 and "--resume" in result.stderr
