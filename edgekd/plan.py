@@ -121,6 +121,10 @@ def resolve_plan(
             why = f"W{bits} -> W{legal}: {_who_cannot_load(targets, bits)} cannot load {bits}-bit weights"
             adjustments.setdefault(why, []).append(name)
             bits = legal
+        if bits == 8 and q.symmetric and (narrow := _int8_weight_bits(targets)) < 8:
+            why = f"W8 -> {narrow}-bit range in int8: {_who_narrows(targets)} int8 kernels can saturate on CPUs without VNNI"
+            adjustments.setdefault(why, []).append(name)
+            bits = narrow
         op = "Conv" if isinstance(module, (nn.Conv1d, nn.Conv2d)) else "Gemm"
         lp = LayerPlan(
             name=name,
@@ -179,4 +183,14 @@ def _loadable_bits(targets: list[Target]) -> set[int]:
 def _who_cannot_load(targets: list[Target], bits: int) -> str:
     return ", ".join(
         f"{rt.name} ({t.name})" for t in targets for rt in t.runtimes if bits not in rt.weight_bits
+    )
+
+
+def _int8_weight_bits(targets: list[Target]) -> int:
+    return min((rt.int8_weight_bits for t in targets for rt in t.runtimes), default=8)
+
+
+def _who_narrows(targets: list[Target]) -> str:
+    return ", ".join(
+        f"{rt.name} ({t.name})" for t in targets for rt in t.runtimes if rt.int8_weight_bits < 8
     )

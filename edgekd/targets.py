@@ -22,15 +22,17 @@ class RuntimeSupport:
     weight_bits: tuple[int, ...]
     fast_weight_bits: dict[str, tuple[int, ...]] = field(default_factory=dict)
     sparse_2of4: tuple[str, ...] = ()
+    int8_weight_bits: int = 8  # 7 where signed int8 weights can saturate the runtime's kernels
 
     def runs_as(self, op: str, bits: int | None, sparse: bool) -> str:
         """How this runtime executes a layer: the honest line the report prints per layer."""
         if bits is None:
             how = "float"
-        elif bits in self.fast_weight_bits.get(op, ()):
-            how = f"int{bits} kernel"
         else:
-            how = f"int{bits} weights dequantized to float"
+            storage = 8 if bits > 4 else bits  # a 7-bit range is stored and run as int8
+            name = f"int{storage}" + (f" ({bits}-bit range)" if storage != bits else "")
+            fast = storage in self.fast_weight_bits.get(op, ())
+            how = f"{name} kernel" if fast else f"{name} weights dequantized to float"
         if sparse:
             how += ", 2:4 sparse kernel" if op in self.sparse_2of4 else ", 2:4 zeros run dense"
         return how
@@ -86,6 +88,7 @@ def load_target(spec: str) -> Target:
                     k: tuple(v) for k, v in (rt.get("fast_weight_bits") or {}).items()
                 },
                 sparse_2of4=tuple(rt.get("sparse_2of4") or ()),
+                int8_weight_bits=int(rt.get("int8_weight_bits", 8)),
             )
             for name, rt in raw["runtimes"].items()
         )

@@ -66,3 +66,12 @@ def test_out_of_range_keep_ratio_is_an_error(tiny, example):
 def test_unknown_target_suggests_nearest():
     with pytest.raises(UsageError, match="did you mean 'x86-cpu'"):
         load_target("x86_cpu")
+
+
+def test_symmetric_int8_weights_get_7bit_range_on_x86_and_say_why(tiny, example):
+    plan = resolve_plan(load_recipe("w8a8"), [load_target("x86-cpu")], tiny, example)
+    assert {lp.weight_bits for lp in plan.layers} == {7}
+    assert "VNNI" in plan.adjustments[0]
+    assert plan.layer("features.3").runs_as["x86-cpu/onnxruntime"] == "int8 (7-bit range) kernel"
+    arm = resolve_plan(load_recipe("w8a8"), [load_target("arm-cpu")], tiny, example)
+    assert {lp.weight_bits for lp in arm.layers} == {8} and not arm.adjustments

@@ -5,8 +5,9 @@ exported as a float graph whose weights already equal the dequantized codes, and
 those weights for integer codes feeding ``DequantizeLinear`` and puts int8 ``QuantizeLinear ->
 DequantizeLinear`` pairs on activations. Runtimes then see the same numbers training saw.
 
-Storage (all DequantizeLinear opset 21, IR version 10): 8-bit codes use INT8/UINT8, 4-bit codes
-INT4/UINT4. ONNX has no 3-bit type, so 3-bit codes live in INT4/UINT4; their range is still
+Storage (all DequantizeLinear opset 21, IR version 10): 8-bit codes use INT8/UINT8, and so do
+7-bit codes (the reduced int8 range that keeps u8s8 kernels from saturating on CPUs without VNNI);
+4-bit codes INT4/UINT4. ONNX has no 3-bit type, so 3-bit codes live in INT4/UINT4; their range is still
 checked against 3 bits. 2-bit codes also live in INT4/UINT4 although ONNX has INT2/UINT2
 (opset 25): OpenVINO 2026.4 refuses to load INT2 ("Unsupported type"), and onnxruntime 1.32
 fuses DequantizeLinear(INT2) -> MatMul into a MatMulNBits that returns wrong numbers whenever the
@@ -28,6 +29,8 @@ from edgekd.errors import StageError
 _CONTAINERS = {
     (8, True): ir.DataType.INT8,
     (8, False): ir.DataType.UINT8,
+    (7, True): ir.DataType.INT8,
+    (7, False): ir.DataType.UINT8,
     (4, True): ir.DataType.INT4,
     (4, False): ir.DataType.UINT4,
     (3, True): ir.DataType.INT4,
@@ -159,7 +162,9 @@ def _scale_shape(t: QuantizedTensor) -> tuple[int, ...]:
 def _check_codes(name: str, t: QuantizedTensor) -> None:
     """Reject codes a runtime would read differently from training, naming the weight."""
     if (t.bits, t.signed) not in _CONTAINERS:
-        raise StageError(f"weight {name!r}: {t.bits}-bit is not exportable; use 2, 3, 4 or 8 bits")
+        raise StageError(
+            f"weight {name!r}: {t.bits}-bit is not exportable; use 2, 3, 4, 7 or 8 bits"
+        )
     if t.q.ndim == 0:
         raise StageError(f"weight {name!r}: codes are a scalar; per-channel needs an output axis")
     if t.block_size is not None and (t.block_size < 1 or t.q.ndim < 2):
