@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -34,7 +35,7 @@ def friendly_errors(fn: Callable) -> Callable:
         except EdgeKDError as exc:
             if debug:
                 traceback.print_exc()
-            err.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err.print("[red]interrupted[/red]; finished stages are kept, resume with --resume")
@@ -43,7 +44,7 @@ def friendly_errors(fn: Callable) -> Callable:
             if debug:
                 raise
             err.print(
-                f"[red]error:[/red] {type(exc).__name__}: {exc} (re-run with --debug for details)",
+                f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))} (re-run with --debug for details)",
                 soft_wrap=True,
             )
             sys.exit(1)
@@ -52,7 +53,10 @@ def friendly_errors(fn: Callable) -> Callable:
 
 
 def _logger(quiet: bool) -> Callable[[str], None]:
-    return (lambda _msg: None) if quiet else (lambda msg: out.print(msg, soft_wrap=True))
+    """Stage messages are plain text: they carry user paths and reasons that must print verbatim."""
+    return (
+        (lambda _msg: None) if quiet else (lambda msg: out.print(msg, soft_wrap=True, markup=False))
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,24 +157,19 @@ def targets() -> None:
     """List the built-in targets and what each runtime on them really accelerates."""
     from .targets import load_target, target_names
 
-    table = Table(
-        "target", "runtime", "loads weight bits", "faster than float", "2:4 sparse", "here?"
-    )
+    rows = []
     for name in target_names():
         t = load_target(name)
         for rt in t.runtimes:
             fast = ", ".join(
                 f"{op}: {'/'.join(map(str, b))}" for op, b in rt.fast_weight_bits.items() if b
             )
-            table.add_row(
-                name,
-                rt.name,
-                "/".join(map(str, rt.weight_bits)),
-                fast,
-                ", ".join(rt.sparse_2of4) or "no",
-                t.unavailable_reason() or "yes",
-            )
-    out.print(table)
+            sparse = ", ".join(rt.sparse_2of4) or "no"
+            bits = "/".join(map(str, rt.weight_bits))
+            rows.append((name, rt.name, bits, fast, sparse, t.unavailable_reason() or "yes"))
+    print_table(
+        ["target", "runtime", "loads weight bits", "faster than float", "2:4 sparse", "here?"], rows
+    )
 
 
 @main.group()
@@ -203,31 +202,33 @@ def inspect(model_or_run: str, data: str | None, trust_checkpoint: bool, as_json
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table("layer", "type", "weight shape", "params", "MACs", "sparsity", "weight bits")
-    for r in rows:
-        table.add_row(
-            r["layer"],
-            r["type"],
-            "x".join(map(str, r["weight_shape"])),
-            f"{r['params']:,}",
-            f"{r['macs']:,}",
-            r["sparsity"],
-            str(r["weight_bits"]),
-        )
-    out.print(table)
+    headers = ["layer", "type", "weight shape", "params", "MACs", "sparsity", "weight bits"]
+    print_table(
+        headers,
+        [
+            (r["layer"], r["type"], "x".join(map(str, r["weight_shape"])), f"{r['params']:,}",
+             f"{r['macs']:,}", r["sparsity"], r["weight_bits"])
+            for r in rows
+        ],
+    )  # fmt: skip
 
 
 def print_summary(run_dir: Path) -> None:
     from .report import summary_rows
 
     report = json.loads((Path(run_dir) / "report.json").read_text(encoding="utf-8"))
-    table = Table(
-        "", "teacher", "student", "student vs teacher", title="edgekd: teacher vs student"
-    )
-    for row in summary_rows(report):
-        table.add_row(*row)
-    out.print(table)
+    headers = ["", "teacher", "student", "student vs teacher"]
+    print_table(headers, summary_rows(report), title="edgekd: teacher vs student")
     out.print(
-        f"report: {Path(run_dir) / 'report.md'}  (JSON: {Path(run_dir) / 'report.json'})",
+        f"report: {run_dir / 'report.md'}  (JSON: {run_dir / 'report.json'})",
+        markup=False,
         soft_wrap=True,
     )
+
+
+def print_table(headers: list[str], rows, title: str | None = None) -> None:
+    """Cells are data (layer names, reasons, target names): escaped, never read as rich markup."""
+    table = Table(*headers, title=title)
+    for row in rows:
+        table.add_row(*(escape(str(cell)) for cell in row))
+    out.print(table)

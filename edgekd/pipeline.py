@@ -73,7 +73,7 @@ def compress(
     for name, stage in STAGES.items():
         inputs = _inputs(ctx, name)
         if not upstream_ran and run.is_current(name, inputs):
-            log(f"[dim]- {name}: up to date, skipped[/dim]")
+            log(f"- {name}: up to date, skipped")
             continue
         _run_stage(ctx, name, stage, inputs)
         upstream_ran = True
@@ -117,7 +117,7 @@ def _context(run: RunDir, parts: dict[str, Any], log: Callable[[str], None]) -> 
         data=data.fingerprint(),
     )
     for note in plan.adjustments:
-        log(f"[yellow]plan: {note}[/yellow]")
+        log(f"plan: {note}")
     return Context(run=run, log=log, **parts)
 
 
@@ -159,7 +159,7 @@ def _run_stage(
 ) -> None:
     ctx.stage, ctx.outputs, ctx.metrics = name, [], {}
     ctx.run.start(name, inputs)
-    ctx.log(f"[bold]▶ {name}[/bold]")
+    ctx.log(f"▶ {name}")
     began = time.perf_counter()
     try:
         stage(ctx)
@@ -173,7 +173,7 @@ def _run_stage(
         ) from exc
     seconds = time.perf_counter() - began
     ctx.run.finish(name, ctx.outputs, ctx.metrics, seconds, library_versions())
-    ctx.log(f"[green]✓ {name}[/green] ({seconds:.1f} s)")
+    ctx.log(f"✓ {name} ({seconds:.1f} s)")
 
 
 def _fingerprint(**parts: Any) -> str:

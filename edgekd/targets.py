@@ -44,7 +44,6 @@ class Target:
     description: str
     arch: tuple[str, ...]
     runtimes: tuple[RuntimeSupport, ...]
-    requires: str | None = None
 
     def unavailable_reason(self) -> str | None:
         """Why this machine cannot stand in for the target device, or None if it can."""
@@ -97,7 +96,6 @@ def load_target(spec: str) -> Target:
             description=raw.get("description", ""),
             arch=tuple(raw["arch"]),
             runtimes=runtimes,
-            requires=raw.get("requires"),
         )
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"target '{spec}' is malformed ({type(exc).__name__}: {exc})") from None

@@ -111,5 +111,5 @@ def test_report_files_exist_with_required_fields(demo_run):
 def test_cli_prints_summary_table_and_report_path(demo_run):
     run, result = demo_run
     assert "teacher vs student" in result.stdout
-    assert "latency p50 onnxruntime b1" in result.stdout
+    assert "latency p50 onnxruntime b1" in result.stdout and "x smaller" in result.stdout
     assert f"report: {run / 'report.md'}" in result.stdout

@@ -68,10 +68,10 @@ def run(ctx: Context) -> Context:
                     ratio = stats["teacher"].p50 / stats["student"].p50
                     ctx.log(
                         f"  {target.name}/{rt.name} batch {batch}: teacher {stats['teacher'].p50:.3f} ms, "
-                        f"student {stats['student'].p50:.3f} ms (x{ratio:.2f})"
+                        f"student {stats['student'].p50:.3f} ms (teacher/student {ratio:.2f})"
                     )
             if reason:
-                ctx.log(f"  [yellow]{target.name}/{rt.name}: skipped ({reason})[/yellow]")
+                ctx.log(f"  {target.name}/{rt.name}: skipped ({reason})")
     write_json(
         ctx.out("bench.json"),
         {"results": results, "runtimes": runtimes, "environment": describe_environment()},

@@ -52,7 +52,7 @@ def run(ctx: Context) -> Context:
                 )
             artifacts.append(entry)
         if reason:
-            ctx.log(f"  [yellow]{name}: skipped ({reason})[/yellow]")
+            ctx.log(f"  {name}: skipped ({reason})")
     write_json(ctx.out("artifacts.json"), artifacts)
     ctx.metrics.update(
         onnx_size_bytes={m: p.stat().st_size for m, p in onnx_paths.items()},

@@ -56,7 +56,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             [_verify_row(r) for r in report["verify"]],
         ),
         "",
-        "## Plan: what each layer became, and how each runtime runs it",
+        "## Plan: what each layer became, and how each runtime runs it (as its target file declares)",
         "",
         *_plan(report["plan"]),
         "",

@@ -20,13 +20,13 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "parameters",
             f"{t['params']:,}",
             f"{s['params']:,} ({s['nonzero_params']:,} ≠ 0)",
-            f"{t['params'] / s['params']:.2f}x fewer",
+            _ratio(t["params"] / s["params"], "fewer", "more"),
         ),
         (
             "size on disk (ONNX)",
             _bytes(t["size_bytes"]),
             _bytes(s["size_bytes"]),
-            f"{s['compression_ratio']:.2f}x smaller",
+            _ratio(s["compression_ratio"], "smaller", "larger"),
         ),
     ]
     by_key = {(r["target"], r["runtime"], r["batch"], r["model"]): r for r in report["results"]}
@@ -41,8 +41,15 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append((label, "skipped", "skipped", row["reason"] or student["reason"] or ""))
             continue
         tl, sl = row["latency_ms"]["p50"], student["latency_ms"]["p50"]
-        rows.append((label, f"{tl:.3f} ms", f"{sl:.3f} ms", f"{tl / sl:.2f}x speedup"))
+        rows.append((label, f"{tl:.3f} ms", f"{sl:.3f} ms", _ratio(tl / sl, "faster", "slower")))
     return rows
+
+
+def _ratio(r: float, better: str, worse: str) -> str:
+    """Ratios read as words: "3.70x slower" is clearer than "0.27x speedup"."""
+    if abs(r - 1) < 0.005:
+        return "same"
+    return f"{r:.2f}x {better}" if r > 1 else f"{1 / r:.2f}x {worse}"
 
 
 def _bytes(n: int) -> str:

@@ -1,0 +1,36 @@
+"""A run for two targets: what runs here is measured, what cannot is skipped with its reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import edgekd
+
+TESTS = Path(__file__).parent
+
+
+def test_jetson_target_is_skipped_with_reason_while_x86_runs(tmp_path):
+    out = tmp_path / "run"
+    result = edgekd(
+        "compress", "--teacher", "conftest:tiny_net", "--out", str(out),
+        "--target", "x86-cpu", "--target", "jetson-orin",
+        "--set", "distill.epochs=2", "--set", "bench.min_runs=5", "--set", "bench.min_seconds=0.05",
+        cwd=TESTS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    trt = [r for r in report["results"] if r["runtime"] == "tensorrt"]
+    assert trt and all(
+        r["status"] == "skipped" and "jetson-orin runs on aarch64" in r["reason"] for r in trt
+    )
+    assert all(r["status"] == "ok" for r in report["results"] if r["target"] == "x86-cpu")
+    exports = {
+        (a["runtime"], a["status"])
+        for a in json.loads((out / "export" / "artifacts.json").read_text())
+    }
+    assert ("tensorrt", "skipped") in exports and ("openvino", "ok") in exports
+    assert (
+        "latency p50 tensorrt b1 [jetson-orin]" in result.stdout
+    )  # brackets are not eaten as markup
+    assert "skipped" in (out / "report.md").read_text()
