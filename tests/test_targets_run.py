@@ -30,7 +30,5 @@ def test_jetson_target_is_skipped_with_reason_while_x86_runs(tmp_path):
         for a in json.loads((out / "export" / "artifacts.json").read_text())
     }
     assert ("tensorrt", "skipped") in exports and ("openvino", "ok") in exports
-    assert (
-        "latency p50 tensorrt b1 [jetson-orin]" in result.stdout
-    )  # brackets are not eaten as markup
+    assert "[jetson-orin]" in result.stdout  # brackets in labels are not eaten as rich markup
     assert "skipped" in (out / "report.md").read_text()
