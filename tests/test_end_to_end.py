@@ -113,3 +113,15 @@ def test_cli_prints_summary_table_and_report_path(demo_run):
     assert "teacher vs student" in result.stdout
     assert "latency p50 onnxruntime b1" in result.stdout and "x smaller" in result.stdout
     assert f"report: {run / 'report.md'}" in result.stdout
+
+
+def test_report_shows_what_each_runtime_really_executed(demo_run):
+    report = _report(demo_run[0])
+    ran = {(e["runtime"], e["model"]): e["kernels"] for e in report["executed"]}
+    ov_student = ran[("openvino", "student")]
+    assert any(k.startswith("FullyConnected:u4") for k in ov_student)  # int4 FC kernels really run
+    assert any(k.startswith("Convolution:f32") for k in ov_student)  # int4 convs are decompressed
+    assert not any(":u4" in k or ":i8" in k for k in ran[("openvino", "teacher")])
+    assert "DequantizeLinear" in ran[("onnxruntime", "student")]
+    assert "DequantizeLinear" not in ran[("onnxruntime", "teacher")]
+    assert "What each runtime really executed" in (demo_run[0] / "report.md").read_text()

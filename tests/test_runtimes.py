@@ -64,6 +64,17 @@ def test_built_artifact_matches_torch_at_batch_1_and_32(name, exported, tmp_path
         np.testing.assert_allclose(got, expected, atol=TOLERANCE[name], rtol=TOLERANCE[name])
 
 
+@pytest.mark.parametrize(
+    ("name", "conv"), [("onnxruntime", "Conv"), ("openvino", "Convolution:f32")]
+)
+def test_session_reports_the_kernels_it_really_runs(name, conv, exported, tmp_path):
+    runtime = _usable(name)
+    session = runtime.open(runtime.build(exported[1], tmp_path / f"m{runtime.artifact_suffix}"))
+    kernels = session.executed()
+    assert any(conv in kernel for kernel in kernels), kernels
+    assert all(isinstance(n, int) and n > 0 for n in kernels.values())
+
+
 def test_openvino_build_leaves_only_the_xml_bin_pair(exported, tmp_path):
     runtime = _usable("openvino")
     dest = tmp_path / "student.xml"

@@ -18,7 +18,7 @@ def run(ctx: Context) -> Context:
         (r["model"], r["runtime"]): r for r in ctx.read_json("verify", "verify.json")["results"]
     }
     precision = {"teacher": "fp32", "student": student_precision(ctx)}
-    results, runtimes = [], {}
+    results, runtimes, executed = [], {}, []
     for target in ctx.targets:
         for rt in target.runtimes:
             pair = {m: artifacts.get((m, rt.name)) for m in precision}
@@ -32,6 +32,11 @@ def run(ctx: Context) -> Context:
                 sessions = {
                     m: runtime.open(ctx.run.path / a["path"], cfg.threads) for m, a in pair.items()
                 }
+            if sessions:
+                executed += [
+                    {"target": target.name, "runtime": rt.name, "model": m, "kernels": s.executed()}
+                    for m, s in sessions.items()
+                ]
             for batch in cfg.batches:
                 stats = {}
                 if sessions:
@@ -74,7 +79,12 @@ def run(ctx: Context) -> Context:
                 ctx.log(f"  {target.name}/{rt.name}: skipped ({reason})")
     write_json(
         ctx.out("bench.json"),
-        {"results": results, "runtimes": runtimes, "environment": describe_environment()},
+        {
+            "results": results,
+            "executed": executed,
+            "runtimes": runtimes,
+            "environment": describe_environment(),
+        },
     )
     ctx.metrics.update(rows=len(results), skipped=sum(r["status"] == "skipped" for r in results))
     return ctx

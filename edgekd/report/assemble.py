@@ -43,6 +43,7 @@ def assemble(ctx: Context) -> dict[str, Any]:
         "plan": ctx.plan.to_dict(),
         "verify": verify["results"],
         "results": bench["results"],
+        "executed": bench["executed"],
         "speedups": speedups(bench["results"]),
         "environment": {**bench["environment"], "runtimes": bench["runtimes"]},
         "stage_seconds": {name: rec.get("seconds") for name, rec in stages.items()},

@@ -41,6 +41,19 @@ def render_markdown(report: dict[str, Any]) -> str:
             [_latency_row(r) for r in report["results"]],
         ),
         "",
+        "## What each runtime really executed",
+        "",
+        "Read from each runtime's compiled graph (ONNX Runtime's optimized model, OpenVINO's runtime",
+        "model, TensorRT's engine inspector) after the timing runs: the kernels that ran, not a claim.",
+        "",
+        *_table(
+            ["target", "runtime", "model", "kernels (count)"],
+            [
+                (e["target"], e["runtime"], e["model"], _kernels(e["kernels"]))
+                for e in report["executed"]
+            ],
+        ),
+        "",
         "## Verification (exports vs PyTorch, test split)",
         "",
         *_table(
@@ -72,6 +85,10 @@ def _table(header: list[str], rows: list[tuple | list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return out
+
+
+def _kernels(kernels: dict[str, int]) -> str:
+    return ", ".join(f"{name} ×{n}" for name, n in sorted(kernels.items(), key=lambda kv: -kv[1]))
 
 
 def _latency_row(r: dict) -> list:

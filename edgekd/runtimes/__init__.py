@@ -21,6 +21,14 @@ class Session(Protocol):
         """Run one float32 input; return the first output as a float32 array."""
         ...
 
+    def executed(self) -> dict[str, int]:
+        """What the runtime really executes after its own rewrites, as ``kernel: count``.
+
+        Read from the runtime's compiled graph, not from what the target file declares, so the
+        report can show e.g. that int4 convs ran as float convolutions.
+        """
+        ...
+
 
 class Runtime(Protocol):
     name: str

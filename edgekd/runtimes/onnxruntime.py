@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +45,13 @@ class OnnxRuntime:
     def open(self, artifact: Path, threads: int | None = None) -> _OrtSession:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options.intra_op_num_threads = threads
         try:
             session = ort.InferenceSession(
-                str(artifact), options, providers=["CPUExecutionProvider"]
+                str(artifact), _options(threads), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
             raise runtime_failure("onnxruntime cannot load", artifact, exc, "rebuild it") from exc
-        return _OrtSession(session)
+        return _OrtSession(session, Path(artifact), threads)
 
     def describe(self) -> dict:
         import onnxruntime as ort
@@ -61,12 +59,38 @@ class OnnxRuntime:
         return {"runtime": self.name, "version": ort.__version__, "device": "CPU"}
 
 
+def _options(threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
+
+
 class _OrtSession:
-    def __init__(self, session) -> None:
+    def __init__(self, session, artifact: Path, threads: int | None) -> None:
         self._session = session
+        self._artifact, self._threads = artifact, threads
         self._input = session.get_inputs()[0].name
         self._output = session.get_outputs()[0].name
 
     def run(self, x: np.ndarray) -> np.ndarray:
         feed = {self._input: np.ascontiguousarray(x, dtype=np.float32)}
         return np.asarray(self._session.run([self._output], feed)[0], dtype=np.float32)
+
+    def executed(self) -> dict[str, int]:
+        """Op types of the graph ORT runs, saved by a twin session with the same options."""
+        import onnx
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as tmp:
+            options = _options(self._threads)
+            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            options.log_severity_level = 3  # its "hardware specific graph" warning is expected
+            ort.InferenceSession(str(self._artifact), options, providers=["CPUExecutionProvider"])
+            graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+        return dict(
+            Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in graph.node)
+        )

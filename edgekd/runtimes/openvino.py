@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ class OpenVinoRuntime:
             compiled = ov.Core().compile_model(str(artifact), "CPU", config)
         except Exception as exc:
             raise runtime_failure("openvino cannot load", artifact, exc, "rebuild it") from exc
-        return _OvSession(compiled.create_infer_request())
+        return _OvSession(compiled)
 
     def describe(self) -> dict:
         import openvino as ov
@@ -69,10 +70,21 @@ class OpenVinoRuntime:
 class _OvSession:
     """Reuses one InferRequest: creating one per call would be timed as inference."""
 
-    def __init__(self, request) -> None:
-        self._request = request
+    def __init__(self, compiled) -> None:
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         result = self._request.infer({0: x}, share_inputs=True)
         return np.asarray(result[0], dtype=np.float32)
+
+    def executed(self) -> dict[str, int]:
+        """``layer type:runtime precision`` of the CPU plugin's compiled graph (e.g. FullyConnected:u4)."""
+        counts: Counter[str] = Counter()
+        for op in self._compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            layer = info["layerType"].astype(str)
+            if layer not in ("Input", "Output", "Const"):
+                counts[f"{layer}:{info['runtimePrecision'].astype(str)}"] += 1
+        return dict(counts)

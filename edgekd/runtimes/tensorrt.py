@@ -5,6 +5,8 @@ Device memory comes from torch CUDA tensors (torch is a hard dependency), so pyc
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,9 @@ class TensorRTRuntime:
             errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
             raise StageError(f"TensorRT cannot parse {onnx_path}: {errors} (re-export or simplify)")
         config = builder.create_builder_config()
+        config.profiling_verbosity = (
+            trt.ProfilingVerbosity.DETAILED
+        )  # per-layer info for executed()
         for flag in ("FP16", "INT8", "SPARSE_WEIGHTS"):
             if hasattr(trt.BuilderFlag, flag):
                 config.set_flag(getattr(trt.BuilderFlag, flag))
@@ -111,6 +116,7 @@ class _EngineSession:
             raise StageError(
                 f"TensorRT cannot load engine {artifact} (rebuild it on this GPU and TensorRT)"
             )
+        self._trt = trt
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -140,3 +146,18 @@ class _EngineSession:
             raise StageError("TensorRT failed to execute the engine (see its log)")
         stream.synchronize()
         return outputs[0].float().cpu().numpy()
+
+    def executed(self) -> dict[str, int]:
+        """``layer type:output type`` from the engine inspector, ``+sparse`` for 2:4 tactics."""
+        inspector = self._engine.create_engine_inspector()
+        info = json.loads(inspector.get_engine_information(self._trt.LayerInformationFormat.JSON))
+        counts: Counter[str] = Counter()
+        for layer in info.get("Layers", []):
+            if not isinstance(layer, dict):  # engine built without detailed profiling
+                counts["layer"] += 1
+                continue
+            outputs = layer.get("Outputs") or [{}]
+            dtype = str(outputs[0].get("Format/Datatype", "?")).split()[0]
+            sparse = "+sparse" if "sparse" in str(layer.get("TacticName", "")).lower() else ""
+            counts[f"{layer.get('LayerType', '?')}:{dtype}{sparse}"] += 1
+        return dict(counts)
