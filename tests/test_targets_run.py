@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import edgekd
+import torch
+from conftest import edgekd, tiny_net
 
 TESTS = Path(__file__).parent
 
@@ -32,3 +33,22 @@ def test_jetson_target_is_skipped_with_reason_while_x86_runs(tmp_path):
     assert ("tensorrt", "skipped") in exports and ("openvino", "ok") in exports
     assert "[jetson-orin]" in result.stdout  # brackets in labels are not eaten as rich markup
     assert "skipped" in (out / "report.md").read_text()
+
+
+def test_torch_export_archive_teacher_is_pruned_and_quantized(tmp_path):
+    archive = tmp_path / "tiny.pt2"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.export.save(
+        torch.export.export(tiny_net(), (torch.rand(2, 1, 8, 8),), dynamic_shapes=({0: batch},)),
+        archive,
+    )
+    out = tmp_path / "run"
+    result = edgekd(
+        "compress", "--teacher", str(archive), "--recipe", "small", "--out", str(out), "--quiet",
+        "--set", "distill.epochs=2", "--set", "bench.batches=[1]", "--set", "bench.min_runs=5",
+        "--set", "bench.min_seconds=0.05",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["params"] < report["teacher"]["params"] / 2  # channels really pruned
+    assert all(r["top1_agreement"] >= 0.99 for r in report["verify"] if r["status"] == "ok")

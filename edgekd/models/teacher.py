@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import InputError, UsageError
 from ..specs import import_factory
+from .exported import load_exported
 
 
 def load_teacher(
@@ -32,7 +33,7 @@ def load_teacher(
         return demo_teacher(log)
     path = Path(spec)
     if spec.endswith(".pt2"):
-        return _exported_program(path)
+        return load_exported(path)
     if spec.endswith((".pt", ".pth")):
         return _pickled_module(path, trust)
     if ":" in spec and not path.exists():
@@ -99,17 +100,6 @@ def _pickled_module(path: Path, trust: bool) -> nn.Module:
             f"'{path}' holds {type(model).__name__}, not an nn.Module; use --weights for state dicts"
         )
     return model.eval()
-
-
-def _exported_program(path: Path) -> nn.Module:
-    if not path.is_file():
-        raise InputError(f"teacher archive '{path}' not found")
-    try:
-        return torch.export.load(path).module()
-    except Exception as exc:
-        raise InputError(
-            f"teacher archive '{path}' is not a readable torch.export .pt2 ({exc})"
-        ) from None
 
 
 def model_fingerprint(model: nn.Module) -> str:
