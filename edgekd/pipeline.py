@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -181,5 +182,9 @@ def _fingerprint(**parts: Any) -> str:
 
 
 def _default_out(teacher: str) -> Path:
-    stem = Path(teacher.replace(":", "-")).stem or "run"
-    return Path("edgekd-runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """edgekd-runs/<teacher>-<time>, e.g. ``mypkg.models:net`` -> ``mypkg.models-net-20260101-120000``."""
+    name = (
+        re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(teacher).name.removesuffix(".pt2")).strip("-.")
+        or "run"
+    )
+    return Path("edgekd-runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -89,7 +89,7 @@ def test_report_files_exist_with_required_fields(demo_run):
     for who in ("teacher", "student"):
         assert {"params", "accuracy", "size_bytes"} <= report[who].keys()
     assert report["student"]["size_bytes"] * 4 < report["teacher"]["size_bytes"]
-    assert {"cpu", "os", "libraries"} <= report["environment"].keys()
+    assert {"cpu", "cores", "os", "libraries"} <= report["environment"].keys()
     assert report["environment"]["cpu"]["logical_cores"] >= 1
     results = report["results"]
     assert all(r.keys() >= RESULT_KEYS for r in results)

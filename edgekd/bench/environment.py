@@ -67,16 +67,16 @@ def describe_environment() -> dict:
     wanted = _ARM_FLAGS if machine.lower() in ("aarch64", "arm64") else _X86_FLAGS
     import torch
 
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu": {
             "model": model or platform.processor() or machine,
             "arch": machine,
             "flags": {name: bool(flags & set(names)) for name, names in wanted.items()},
             "logical_cores": os.cpu_count(),
-            "usable_cores": (
-                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-            ),
+            "usable_cores": usable,
         },
+        "cores": usable,  # what the runtimes could use: the number latency figures depend on
         "os": platform.platform(),
         "python": platform.python_version(),
         "libraries": library_versions(),
