@@ -7,14 +7,17 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 from rich.table import Table
 
 from . import __version__
+from .context import no_progress
 from .errors import EdgeKDError
 
 # Pipes and CI logs get a fixed width, so the summary table is not folded at 80 columns.
@@ -50,6 +53,20 @@ def friendly_errors(fn: Callable) -> Callable:
             sys.exit(1)
 
     return wrapper
+
+
+def _progress(quiet: bool) -> Callable:
+    """A rich progress bar on a terminal; nothing in pipes, logs or --quiet."""
+    if quiet or not out.is_terminal:
+        return no_progress
+
+    @contextmanager
+    def bar(description: str, total: int):
+        with Progress(*Progress.get_default_columns(), console=out, transient=True) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda: progress.advance(task)
+
+    return bar
 
 
 def _logger(quiet: bool) -> Callable[[str], None]:
@@ -121,6 +138,7 @@ def compress(
         out=out,
         resume=resume,
         log=_logger(quiet),
+        progress=_progress(quiet),
         teacher=teacher,
         weights=weights,
         data=data,
@@ -142,7 +160,7 @@ def _stage_command(name: str) -> None:
     def command(run_dir: str, quiet: bool) -> None:
         from .pipeline import run_one
 
-        run_one(run_dir, name, _logger(quiet))
+        run_one(run_dir, name, _logger(quiet), _progress(quiet))
         if name == "report":
             print_summary(Path(run_dir))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,13 @@ from .recipe import Recipe
 from .rundir import RunDir
 from .targets import Target
 
+# progress(description, total) -> a context whose value is advance(); the CLI draws it with rich.
+Progress = Callable[[str, int], AbstractContextManager[Callable[[], None]]]
+
+
+def no_progress(_description: str, _total: int) -> AbstractContextManager[Callable[[], None]]:
+    return nullcontext(lambda: None)
+
 
 @dataclass
 class Context:
@@ -27,6 +35,7 @@ class Context:
     data: DataSplits
     plan: Plan
     log: Callable[[str], None] = print
+    progress: Progress = no_progress
     stage: str = ""
     outputs: list[Path] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -15,7 +15,7 @@ import torch
 from . import bench, distill, export, prune, report, verify
 from .atomic import write_json, write_text
 from .bench.environment import library_versions
-from .context import Context
+from .context import Context, Progress, no_progress
 from .data import load_data
 from .errors import EdgeKDError, ShapeError, StageError
 from .models import load_teacher, model_fingerprint
@@ -49,6 +49,7 @@ def compress(
     out: str | Path | None = None,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    progress: Progress = no_progress,
     **options: Any,
 ) -> Path:
     """Run every stage; with ``resume``, skip stages that are done and whose inputs are unchanged.
@@ -68,7 +69,7 @@ def compress(
     RunDir.check_usable(out_dir, resume)
     parts = _load(config, log)  # every input is checked before the run directory is touched
     run = RunDir.create(out_dir, config, resume)
-    ctx = _context(run, parts, log)
+    ctx = _context(run, parts, log, progress)
     run.save()
     upstream_ran = False
     for name, stage in STAGES.items():
@@ -81,10 +82,15 @@ def compress(
     return run.path
 
 
-def run_one(run_dir: str | Path, name: str, log: Callable[[str], None] = print) -> Path:
+def run_one(
+    run_dir: str | Path,
+    name: str,
+    log: Callable[[str], None] = print,
+    progress: Progress = no_progress,
+) -> Path:
     """Re-run one stage of an existing run; the stages after it are marked stale in the manifest."""
     run = RunDir.open(Path(run_dir))
-    ctx = _context(run, _load(run.config, log), log)
+    ctx = _context(run, _load(run.config, log), log, progress)
     order = list(STAGES)
     for before in order[: order.index(name)]:
         if run.stage(before).get("status") != "done":
@@ -107,7 +113,9 @@ def _load(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     return {"recipe": recipe, "targets": targets, "teacher": teacher, "data": data, "plan": plan}
 
 
-def _context(run: RunDir, parts: dict[str, Any], log: Callable[[str], None]) -> Context:
+def _context(
+    run: RunDir, parts: dict[str, Any], log: Callable[[str], None], progress: Progress
+) -> Context:
     recipe, teacher, data, plan = parts["recipe"], parts["teacher"], parts["data"], parts["plan"]
     write_text(run.path / "recipe.yaml", recipe.to_yaml())
     write_json(run.path / "plan.json", plan.to_dict())
@@ -119,7 +127,7 @@ def _context(run: RunDir, parts: dict[str, Any], log: Callable[[str], None]) -> 
     )
     for note in plan.adjustments:
         log(f"plan: {note}")
-    return Context(run=run, log=log, **parts)
+    return Context(run=run, log=log, progress=progress, **parts)
 
 
 def _check_fit(teacher: torch.nn.Module, data, spec: str) -> None:

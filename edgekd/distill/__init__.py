@@ -15,7 +15,7 @@ def run(ctx: Context) -> Context:
     )
     fold_batchnorm(student, ctx.example)
     prepare_qat(student, ctx.plan)
-    result = distill(student, ctx.teacher, ctx.data, ctx.recipe.distill, ctx.log)
+    result = distill(student, ctx.teacher, ctx.data, ctx.recipe.distill, ctx.log, ctx.progress)
     save_student(student, ctx.out("student.pt"), ckpt["pruning"], folded=True, quantized=True)
     test = ctx.data.test
     teacher_logits = predict(torch_fn(ctx.teacher), test.x)

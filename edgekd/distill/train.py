@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..context import Progress, no_progress
 from ..data import DataSplits
 from ..errors import StageError
 from ..evaluate import accuracy, predict, torch_fn
@@ -23,6 +24,7 @@ def distill(
     data: DataSplits,
     cfg: DistillRecipe,
     log: Callable[[str], None],
+    progress: Progress = no_progress,
 ) -> dict:
     """Train in place; keep the weights of the epoch with the best validation accuracy."""
     torch.manual_seed(cfg.seed)
@@ -32,39 +34,44 @@ def distill(
     teacher_val = predict(torch_fn(teacher), data.val.x)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    steps = cfg.epochs * (-(-len(x) // cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.15)
+    steps_per_epoch = -(-len(x) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
-    best = (-1.0, None)
+    best: tuple[float, dict | None] = (-1.0, None)
     history = []
-    for epoch in range(1, cfg.epochs + 1):
-        student.train()
-        losses = []
-        for step, idx in enumerate(torch.randperm(len(x), generator=gen).split(cfg.batch_size)):
-            loss = kd_loss(
-                student(x[idx]),
-                teacher_train[idx],
-                None if y is None else y[idx],
-                cfg.temperature,
-                cfg.alpha,
-            )
-            if not torch.isfinite(loss):
-                raise StageError(
-                    f"distillation loss is {loss.item()} at epoch {epoch} step {step}; "
-                    f"lower distill.lr (now {cfg.lr}) or check the data for NaN/Inf"
+    with progress("distill", cfg.epochs * steps_per_epoch) as advance:
+        for epoch in range(1, cfg.epochs + 1):
+            student.train()
+            losses = []
+            for step, idx in enumerate(torch.randperm(len(x), generator=gen).split(cfg.batch_size)):
+                target = None if y is None else y[idx]
+                loss = kd_loss(
+                    student(x[idx]), teacher_train[idx], target, cfg.temperature, cfg.alpha
                 )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            reapply_masks(student)
-            losses.append(loss.item())
-        val_acc = accuracy(predict(torch_fn(student), data.val.x), data.val, teacher_val)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val_acc})
-        if val_acc >= best[0]:
-            best = (val_acc, copy.deepcopy(student.state_dict()))
-        if epoch == 1 or epoch % 5 == 0 or epoch == cfg.epochs:
-            log(f"  epoch {epoch:>3}/{cfg.epochs}  loss {np.mean(losses):.4f}  val {val_acc:.1%}")
+                if not torch.isfinite(loss):
+                    raise StageError(
+                        f"distillation loss is {loss.item()} at epoch {epoch} step {step}; "
+                        f"lower distill.lr (now {cfg.lr}) or check the data for NaN/Inf"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                reapply_masks(student)
+                losses.append(loss.item())
+                advance()
+            val_acc = accuracy(predict(torch_fn(student), data.val.x), data.val, teacher_val)
+            history.append(
+                {"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val_acc}
+            )
+            if val_acc >= best[0]:
+                best = (val_acc, copy.deepcopy(student.state_dict()))
+            if epoch == 1 or epoch % 5 == 0 or epoch == cfg.epochs:
+                log(
+                    f"  epoch {epoch:>3}/{cfg.epochs}  loss {np.mean(losses):.4f}  val {val_acc:.1%}"
+                )
     student.load_state_dict(best[1])
     student.eval()
     return {"epochs": cfg.epochs, "best_val_accuracy": best[0], "history": history}
