@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class EdgeKDError(Exception):
     """Base of every error edgekd reports to a user instead of a traceback."""
@@ -35,3 +38,9 @@ class StageError(EdgeKDError):
     """A stage could not do its work (unsupported op, NaN loss, runtime failure)."""
 
     exit_code = 5
+
+
+def suggest(name: str, options: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest valid name, or ''."""
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -65,7 +66,10 @@ def compress(
         RunDir.open(out_dir).config if resume and (out_dir / "manifest.json").is_file() else {}
     )
     config = {**DEFAULTS, **previous, **given}
-    config["set"], config["targets"] = list(config["set"]), list(config["targets"])
+    # --set on resume adds to the saved overrides; a key given again takes the new value
+    merged = [*previous.get("set", []), *given.get("set", [])]
+    config["set"] = list({item.partition("=")[0].strip(): item for item in merged}.values())
+    config["targets"] = list(config["targets"])
     RunDir.check_usable(out_dir, resume)
     parts = _load(config, log)  # every input is checked before the run directory is touched
     run = RunDir.create(out_dir, config, resume)
@@ -119,12 +123,7 @@ def _context(
     recipe, teacher, data, plan = parts["recipe"], parts["teacher"], parts["data"], parts["plan"]
     write_text(run.path / "recipe.yaml", recipe.to_yaml())
     write_json(run.path / "plan.json", plan.to_dict())
-    run.manifest["fingerprint"] = _fingerprint(
-        recipe=recipe.to_dict(),
-        plan=plan.to_dict(),
-        teacher=model_fingerprint(teacher),
-        data=data.fingerprint(),
-    )
+    run.manifest["fingerprints"] = _fingerprints(recipe, parts["targets"], plan, teacher, data)
     for note in plan.adjustments:
         log(f"plan: {note}")
     return Context(run=run, log=log, progress=progress, **parts)
@@ -144,6 +143,10 @@ def _check_fit(teacher: torch.nn.Module, data, spec: str) -> None:
         raise ShapeError(
             f"the teacher must return logits of shape (batch, classes); it returned {_describe(out)}"
         )
+    if data.labelled and int(data.train.y.min()) < 0:
+        raise ShapeError(
+            f"data '{spec}' has label {int(data.train.y.min())}; labels must be 0 .. classes-1"
+        )
     if data.labelled and int(data.train.y.max()) >= out.shape[1]:
         raise ShapeError(
             f"data '{spec}' has label {int(data.train.y.max())} but the teacher has {out.shape[1]} outputs"
@@ -154,10 +157,33 @@ def _describe(out: Any) -> str:
     return f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
 
 
+def _fingerprints(recipe, targets, plan, teacher, data) -> dict[str, str]:
+    """What each stage reads besides earlier stages' outputs: changing bench settings re-runs
+    bench and report, not distillation."""
+    layers = plan.to_dict()["layers"]
+
+    def per_layer(*keys: str) -> list[dict]:
+        return [{k: lp[k] for k in ("name", *keys)} for lp in layers]
+
+    models = {"teacher": model_fingerprint(teacher), "data": data.fingerprint()}
+    return {
+        "prune": _fingerprint(models, per_layer("keep_ratio", "sparsity")),
+        "distill": _fingerprint(
+            models,
+            recipe.distill,
+            per_layer("weight_bits", "block_size", "symmetric", "activation_bits"),
+        ),
+        "export": _fingerprint(sorted({rt.name for t in targets for rt in t.runtimes})),
+        "verify": _fingerprint(models, recipe.verify),
+        "bench": _fingerprint(models, recipe.bench, targets),
+        "report": _fingerprint(plan.to_dict()),
+    }
+
+
 def _inputs(ctx: Context, name: str) -> dict[str, str]:
-    """A stage depends on the run's fingerprint and on every earlier stage's outputs."""
+    """A stage depends on its own settings and on every earlier stage's outputs."""
     order = list(STAGES)
-    inputs = {"fingerprint": ctx.run.manifest["fingerprint"]}
+    inputs = {"config": ctx.run.manifest["fingerprints"][name]}
     for before in order[: order.index(name)]:
         inputs[before] = hashlib.sha256(ctx.run.outputs_digest(before).encode()).hexdigest()
     return inputs
@@ -185,8 +211,10 @@ def _run_stage(
     ctx.log(f"✓ {name} ({seconds:.1f} s)")
 
 
-def _fingerprint(**parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+def _fingerprint(*parts: Any) -> str:
+    """Stable hash of settings; dataclasses (recipe sections, targets) hash by their fields."""
+    plain = [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _default_out(teacher: str) -> Path:

@@ -56,22 +56,44 @@ class Plan:
         )
 
 
-def output_layers(model: nn.Module, example: torch.Tensor) -> set[str]:
-    """Layers whose output *is* the model's output: their channels cannot be pruned away."""
-    produced: dict[int, str] = {}
+def trace_layers(model: nn.Module, example: torch.Tensor) -> tuple[set[str], dict[str, int]]:
+    """One forward pass: the layers that feed the model's output with no other layer in between
+    (their channels are the output's, so they cannot be pruned), and each layer's input rank (a
+    Linear on 3-D input exports as MatMul, not Gemm).
+
+    Output layers are found by walking the autograd graph back from the output through
+    channel-preserving ops (mean, flatten, add, BatchNorm, ...) until a layer is reached.
+    """
+    made_by: dict[object, str] = {}  # the autograd node that produced each layer's output
+    ranks: dict[str, int] = {}
+
+    def hook(_module, inputs, out, name):
+        made_by[out.grad_fn] = name  # taken before any in-place op replaces the tensor's grad_fn
+        ranks[name] = inputs[0].dim()
+
     hooks = [
-        m.register_forward_hook(lambda _m, _i, out, name=name: produced.__setitem__(id(out), name))
+        m.register_forward_hook(lambda mod, i, o, name=name: hook(mod, i, o, name))
         for name, m in model.named_modules()
         if isinstance(m, COMPRESSIBLE)
     ]
     try:
-        with torch.no_grad():
-            out = model.eval()(example)
+        with torch.enable_grad():
+            out = model.eval()(example.clone().requires_grad_(True))
     finally:
         for h in hooks:
             h.remove()
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    return {produced[id(o)] for o in outs if id(o) in produced}
+    outputs, seen = set(), set()
+    todo = [o.grad_fn for o in (out if isinstance(out, (tuple, list)) else [out])]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in made_by:
+            outputs.add(made_by[fn])
+        else:
+            todo.extend(next_fn for next_fn, _ in fn.next_functions)
+    return outputs, ranks
 
 
 def sparsity_ineligible(module: nn.Module) -> str | None:
@@ -87,7 +109,7 @@ def resolve_plan(
 ) -> Plan:
     _check_recipe_values(recipe)
     q = recipe.quant
-    outputs = output_layers(teacher, example)
+    outputs, ranks = trace_layers(teacher, example)
     loadable = _loadable_bits(targets)
     adjustments: dict[str, list[str]] = {}
     layers = []
@@ -111,7 +133,8 @@ def resolve_plan(
         block = q.block_size if q.granularity == "block" else None
         for ov in q.overrides:
             if _matches(name, [ov.match]):
-                bits = ov.weight_bits
+                if ov.weight_bits is not None:
+                    bits = None if ov.weight_bits == "float" else ov.weight_bits
                 block = ov.block_size if ov.block_size is not None else block
         if block and module.weight.shape[1] < block:
             block = None
@@ -125,7 +148,10 @@ def resolve_plan(
             why = f"W8 -> {narrow}-bit range in int8: {_who_narrows(targets)} int8 kernels can saturate on CPUs without VNNI"
             adjustments.setdefault(why, []).append(name)
             bits = narrow
-        op = "Conv" if isinstance(module, (nn.Conv1d, nn.Conv2d)) else "Gemm"
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            op = "Conv"
+        else:
+            op = "Gemm" if ranks.get(name, 2) == 2 else "MatMul"
         lp = LayerPlan(
             name=name,
             op=op,
@@ -158,12 +184,47 @@ def resolve_plan(
 
 
 def _check_recipe_values(recipe: Recipe) -> None:
-    if not 0.0 < recipe.prune.keep_ratio <= 1.0:
-        raise UsageError(f"prune.keep_ratio must be in (0, 1], got {recipe.prune.keep_ratio}")
-    if recipe.quant.block_size < 2 or recipe.quant.block_size % 2:
-        raise UsageError(
-            f"quant.block_size must be an even number >= 2, got {recipe.quant.block_size}"
-        )
+    """Ranges the types cannot express, checked before any work starts."""
+    d, b = recipe.distill, recipe.bench
+    checks = [
+        (
+            "prune.keep_ratio",
+            recipe.prune.keep_ratio,
+            0.0 < recipe.prune.keep_ratio <= 1.0,
+            "in (0, 1]",
+        ),
+        ("distill.epochs", d.epochs, d.epochs >= 1, ">= 1"),
+        ("distill.batch_size", d.batch_size, d.batch_size >= 1, ">= 1"),
+        ("distill.lr", d.lr, d.lr > 0, "> 0"),
+        ("distill.temperature", d.temperature, d.temperature > 0, "> 0"),
+        ("distill.alpha", d.alpha, 0.0 <= d.alpha <= 1.0, "in [0, 1]"),
+        (
+            "verify.min_agreement",
+            recipe.verify.min_agreement,
+            0.0 <= recipe.verify.min_agreement <= 1.0,
+            "in [0, 1]",
+        ),
+        (
+            "bench.batches",
+            b.batches,
+            bool(b.batches) and min(b.batches) >= 1,
+            "a non-empty list of sizes >= 1",
+        ),
+        ("bench.warmup", b.warmup, b.warmup >= 0, ">= 0"),
+        ("bench.min_runs", b.min_runs, b.min_runs >= 1, ">= 1"),
+        ("bench.min_seconds", b.min_seconds, b.min_seconds >= 0, ">= 0"),
+        ("bench.threads", b.threads, b.threads is None or b.threads >= 1, "null or >= 1"),
+    ]
+    blocks = [("quant.block_size", recipe.quant.block_size)] + [
+        (f"quant.overrides[{i}].block_size", o.block_size)
+        for i, o in enumerate(recipe.quant.overrides)
+    ]
+    checks += [
+        (key, v, v is None or (v >= 2 and v % 2 == 0), "an even number >= 2") for key, v in blocks
+    ]
+    for key, value, ok, rule in checks:
+        if not ok:
+            raise UsageError(f"{key} must be {rule}, got {value}")
     for pattern in [*recipe.prune.skip, *(o.match for o in recipe.quant.overrides)]:
         try:
             re.compile(pattern)

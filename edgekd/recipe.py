@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, suggest
 
 
 @dataclass
@@ -26,8 +25,8 @@ class PruneRecipe:
 @dataclass
 class QuantOverride:
     match: str  # layer-name regex
-    weight_bits: int | None = None  # None here means "leave this layer in float"
-    block_size: int | None = None
+    weight_bits: Literal[2, 3, 4, 8, "float"] | None = None  # None: keep the recipe's bits
+    block_size: int | None = None  # None: keep the recipe's granularity
 
 
 @dataclass
@@ -103,7 +102,7 @@ def load_recipe(spec: str | None, overrides: list[str] | tuple[str, ...] = ()) -
         )
     else:
         raise UsageError(
-            f"unknown recipe preset '{spec}'{_suggest(spec, presets())}; presets: {', '.join(presets())}"
+            f"unknown recipe preset '{spec}'{suggest(spec, presets())}; presets: {', '.join(presets())}"
         )
     try:
         data = yaml.safe_load(text) or {}
@@ -117,7 +116,11 @@ def load_recipe(spec: str | None, overrides: list[str] | tuple[str, ...] = ()) -
             raise UsageError(
                 f"override '{item}' must look like KEY=VALUE, e.g. quant.weight_bits=3"
             )
-        _set_path(data, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UsageError(f"override '{item}': the value is not valid YAML") from None
+        _set_path(data, key.strip(), parsed)
     return _build(Recipe, data, "")
 
 
@@ -130,11 +133,6 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     data[last] = value
 
 
-def _suggest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _build(cls: type, data: Any, where: str) -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types by name."""
     if not isinstance(data, dict):
@@ -145,7 +143,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise UsageError(f"unknown recipe key '{path}'{_suggest(str(key), names)}")
+            raise UsageError(f"unknown recipe key '{path}'{suggest(str(key), names)}")
         kwargs[key] = _coerce(hints[key], value, path)
     try:
         return cls(**kwargs)
@@ -169,8 +167,14 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise UsageError(f"recipe key '{path}' must be a list, got {value!r}")
         return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and not isinstance(value, bool):
+        if isinstance(value, int):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise UsageError(f"recipe key '{path}' must be {hint.__name__}, got {value!r}")
     return value

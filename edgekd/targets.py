@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import platform
 from dataclasses import dataclass, field
 from importlib import resources
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, suggest
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,7 @@ class RuntimeSupport:
         if bits is None:
             how = "float"
         else:
-            storage = 8 if bits > 4 else bits  # a 7-bit range is stored and run as int8
+            storage = 8 if bits > 4 else 4  # 7-bit codes live in int8, 2- and 3-bit codes in int4
             name = f"int{storage}" + (f" ({bits}-bit range)" if storage != bits else "")
             fast = storage in self.fast_weight_bits.get(op, ())
             how = f"{name} kernel" if fast else f"{name} weights dequantized to float"
@@ -71,10 +70,9 @@ def load_target(spec: str) -> Target:
     elif spec in target_names():
         text = _builtin_dir().joinpath(f"{spec}.yaml").read_text(encoding="utf-8")
     else:
-        close = difflib.get_close_matches(spec, target_names(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UsageError(
-            f"unknown target '{spec}'{hint}; see 'edgekd targets' for: {', '.join(target_names())}"
+            f"unknown target '{spec}'{suggest(spec, target_names())}; "
+            f"see 'edgekd targets' for: {', '.join(target_names())}"
         )
     try:
         raw = yaml.safe_load(text)

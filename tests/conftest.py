@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 FAST_BENCH = [
@@ -85,3 +88,28 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     result = edgekd("compress", "--out", str(out), *FAST_BENCH)
     assert result.returncode == 0, result.stdout + result.stderr
     return out, result
+
+
+def decode_weight(model: onnx.ModelProto, tensor: str) -> np.ndarray:
+    """Decode a DequantizeLinear's stored low-bit initializers with numpy, as a runtime would."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    node = next(
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == tensor
+    )
+    attrs = {a.name: a.i for a in node.attribute}
+    q = inits[node.input[0]].astype(np.int32)
+    scale = inits[node.input[1]].astype(np.float32)
+    zp = (
+        inits[node.input[2]].astype(np.int32)
+        if len(node.input) > 2
+        else np.zeros_like(scale, np.int32)
+    )
+    axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
+    if block:
+        scale = np.repeat(scale, block, axis=axis).take(range(q.shape[axis]), axis=axis)
+        zp = np.repeat(zp, block, axis=axis).take(range(q.shape[axis]), axis=axis)
+    else:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (q - zp).astype(np.float32) * scale

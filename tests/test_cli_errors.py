@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import edgekd
 
 TESTS = Path(__file__).parent
@@ -119,4 +118,3 @@ def test_inspect_teacher_spec_shows_float_weights():
     result = edgekd("inspect", "conftest:tiny_net", "--json", cwd=TESTS)
     assert result.returncode == 0, result.stderr
     assert {r["weight_bits"] for r in json.loads(result.stdout)} == {32}
-    assert torch is not None

@@ -242,7 +242,7 @@ def test_activation_qdq_matches_torch_fake_quant(case):
     expected = case.net(X).detach().numpy()
     for hook in hooks:
         hook.remove()
-    inputs = [n.input[0] for n in case.model.graph.node if n.op_type in ("Conv", "Gemm")]
+    inputs = [n.name for n in case.model.graph.node if n.op_type in ("Conv", "Gemm")]
     model = quantize_activations(case.model, dict(zip(inputs, qparams, strict=True)))
 
     onnx.checker.check_model(model, full_check=True)
@@ -313,7 +313,7 @@ def test_exported_weights_that_differ_from_the_codes_raise_stage_error():
         )
 
 
-def test_unknown_activation_name_raises_stage_error():
+def test_unknown_activation_node_raises_stage_error():
     built = _build("w4")
-    with pytest.raises(StageError, match="no_such_tensor"):
-        quantize_activations(built.model, {"no_such_tensor": (0.1, 0)})
+    with pytest.raises(StageError, match="no_such_node"):
+        quantize_activations(built.model, {"no_such_node": (0.1, 0)})

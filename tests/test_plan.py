@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from edgekd.errors import UsageError
-from edgekd.plan import Plan, output_layers, resolve_plan
+from edgekd.plan import Plan, resolve_plan, trace_layers
 from edgekd.recipe import load_recipe
 from edgekd.targets import load_target
 
@@ -17,18 +17,25 @@ def test_plan_marks_2of4_only_where_input_dim_is_multiple_of_4(tiny, example):
 
 
 def test_output_layer_keeps_its_channels(tiny, example):
-    assert output_layers(tiny, example) == {"head.3"}
+    assert trace_layers(tiny, example)[0] == {"head.3"}
     plan = resolve_plan(load_recipe("small"), [load_target("x86-cpu")], tiny, example)
     assert plan.layer("head.3").keep_ratio == 1.0
     assert plan.layer("head.1").keep_ratio == 0.5
 
 
 def test_bits_a_target_cannot_load_become_nearest_legal_and_are_reported(tiny, example):
+    recipe = load_recipe("default", ["quant.weight_bits=3"])
+    plan = resolve_plan(recipe, [load_target("x86-cpu"), load_target("jetson-orin")], tiny, example)
+    assert {lp.weight_bits for lp in plan.layers} == {4}
+    assert "W3 -> W4" in plan.adjustments[0] and "tensorrt (jetson-orin)" in plan.adjustments[0]
+
+
+def test_two_bit_codes_run_from_int4_storage_on_x86(tiny, example):
     plan = resolve_plan(
         load_recipe("default", ["quant.weight_bits=2"]), [load_target("x86-cpu")], tiny, example
     )
-    assert {lp.weight_bits for lp in plan.layers} == {3}
-    assert "W2 -> W3" in plan.adjustments[0] and "openvino" in plan.adjustments[0]
+    assert {lp.weight_bits for lp in plan.layers} == {2} and not plan.adjustments
+    assert plan.layer("head.1").runs_as["x86-cpu/openvino"].startswith("int4 (2-bit range) kernel")
 
 
 def test_runs_as_tells_how_each_runtime_executes_a_layer(tiny, example):

@@ -60,3 +60,23 @@ def test_resolved_yaml_round_trips():
     assert r.quant.overrides[0].weight_bits == 4
     assert yaml.safe_load(r.to_yaml())["quant"]["weight_bits"] == 8
     assert again.to_dict() != r.to_dict()
+
+
+def test_out_of_range_values_are_usage_errors_before_any_work(tiny, example):
+    from edgekd.plan import resolve_plan
+    from edgekd.targets import load_target
+
+    for bad in (
+        "distill.epochs=0",
+        "distill.batch_size=0",
+        "bench.min_runs=0",
+        "bench.batches=[0]",
+    ):
+        with pytest.raises(UsageError, match=bad.split("=")[0]):
+            resolve_plan(load_recipe("default", [bad]), [load_target("x86-cpu")], tiny, example)
+
+
+def test_exponent_floats_are_accepted_and_broken_yaml_is_named():
+    assert load_recipe("default", ["distill.lr=1e-3"]).distill.lr == 0.001
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_recipe("default", ["quant.weight_bits=[4"])

@@ -52,3 +52,23 @@ def test_running_one_stage_marks_later_stages_stale(demo_run, tmp_path):
 def test_existing_run_without_resume_is_refused(demo_run):
     result = edgekd("compress", "--out", str(demo_run[0]))
     assert result.returncode == 2 and "--resume" in result.stderr
+
+
+def test_resume_with_a_bench_setting_reruns_only_bench_and_report_and_keeps_other_sets(
+    demo_run, tmp_path
+):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run[0], run)
+    before = _stages(run)
+    result = edgekd(
+        "compress", "--out", str(run), "--resume", "--set", "bench.min_runs=21", "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    after = _stages(run)
+    for stage in ("prune", "distill", "export", "verify"):
+        assert after[stage] == before[stage]
+    for stage in ("bench", "report"):
+        assert after[stage]["started"] >= before["report"]["finished"]
+    config = json.loads((run / "manifest.json").read_text())["config"]
+    assert "bench.min_runs=21" in config["set"] and "bench.min_seconds=0.2" in config["set"]
+    assert "bench.min_runs=20" not in config["set"]

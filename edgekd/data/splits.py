@@ -78,7 +78,7 @@ def split_arrays(
         parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     splits = [Split(x[p], None if y is None else y[p]) for p in parts]
     if min(len(s) for s in splits) == 0:
-        raise ValueError(
-            f"data '{name}' has too few examples ({len(x)}) for a train/val/test split"
+        raise InputError(
+            f"data '{name}' has too few examples ({len(x)}) for a train/val/test split; give it at least 20"
         )
     return DataSplits(name, *splits)

@@ -38,7 +38,7 @@ _CONTAINERS = {
     (2, True): ir.DataType.INT4,
     (2, False): ir.DataType.UINT4,
 }
-_OPSET = 21  # first DequantizeLinear with INT4/UINT4 and block_size
+OPSET = 21  # first DequantizeLinear with INT4/UINT4 and block_size
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def quantize_weights(
     ``dequantize(t)`` bit for bit, so the low-bit graph computes what training computed.
     """
     irm = ir.from_proto(model)
-    _raise_opset(irm, _OPSET)
+    _raise_opset(irm, OPSET)
     graph = irm.graph
     new_nodes = []
     for name, t in weights.items():
@@ -103,44 +103,42 @@ def quantize_weights(
 def quantize_activations(
     model: onnx.ModelProto, activations: dict[str, tuple[float, int]]
 ) -> onnx.ModelProto:
-    """Insert QuantizeLinear -> DequantizeLinear (int8, per-tensor scale, zero point) on each named
-    tensor, rewiring its consumers.
+    """Insert QuantizeLinear -> DequantizeLinear (int8, per-tensor scale, zero point) in front of
+    each named node's activation input (input 0), for that node alone.
 
-    Graph outputs keep the float value, so only the layers that consume the tensor see it
-    quantized, as with the fake quant in training.
+    Per consumer, as in training: layers sharing an input keep their own scales, and other
+    consumers of the tensor (a residual add, a graph output) still see the float value.
     """
     irm = ir.from_proto(model)
     graph = irm.graph
-    values = {v.name: v for v in graph.inputs}
-    values.update({v.name: v for node in graph for v in node.outputs})
+    nodes = {node.name: node for node in graph}
     new_nodes = []
     for name, (scale, zero_point) in activations.items():
-        value = values.get(name)
-        if value is None:
-            raise StageError(
-                f"activation {name!r} is not a graph input or node output; check the name"
-            )
+        node = nodes.get(name)
+        if node is None:
+            raise StageError(f"activation of node {name!r}: no node has that name; check the name")
         if not (math.isfinite(scale) and scale > 0):
-            raise StageError(f"activation {name!r} has scale {scale}; calibrate a positive scale")
+            raise StageError(
+                f"activation of {name!r} has scale {scale}; calibrate a positive scale"
+            )
         if not -128 <= zero_point <= 127:
-            raise StageError(f"activation {name!r} has zero point {zero_point} outside int8")
+            raise StageError(f"activation of {name!r} has zero point {zero_point} outside int8")
         qparams = [
-            _initializer(graph, f"{name}_scale", np.array(scale, dtype=np.float32)),
-            _initializer(graph, f"{name}_zero_point", np.array(zero_point, dtype=np.int8)),
+            _initializer(graph, f"{name}_input_scale", np.array(scale, dtype=np.float32)),
+            _initializer(graph, f"{name}_input_zero_point", np.array(zero_point, dtype=np.int8)),
         ]
-        dequantized = ir.Value(name=f"{name}_dequantized")
-        value.replace_all_uses_with(dequantized)
-        quantize = ir.node("QuantizeLinear", [value, *qparams], name=f"{name}_QuantizeLinear")
-        quantize.outputs[0].name = f"{name}_quantized"
-        new_nodes += [
-            quantize,
-            ir.node(
-                "DequantizeLinear",
-                [quantize.outputs[0], *qparams],
-                outputs=[dequantized],
-                name=f"{name}_DequantizeLinear",
-            ),
-        ]
+        quantize = ir.node(
+            "QuantizeLinear", [node.inputs[0], *qparams], name=f"{name}_input_QuantizeLinear"
+        )
+        quantize.outputs[0].name = f"{name}_input_quantized"
+        dequantize = ir.node(
+            "DequantizeLinear",
+            [quantize.outputs[0], *qparams],
+            name=f"{name}_input_DequantizeLinear",
+        )
+        dequantize.outputs[0].name = f"{name}_input_dequantized"
+        node.replace_input_with(0, dequantize.outputs[0])
+        new_nodes += [quantize, dequantize]
     graph.extend(new_nodes)
     graph.sort()
     return _to_proto(irm)

@@ -16,9 +16,7 @@ from torch import nn
 from ..errors import StageError
 from ..quant import QuantLayer
 from ..quant.modules import QUANT_CLASS
-from .lowbit import QuantizedTensor, quantize_activations, quantize_weights
-
-OPSET = 21  # DequantizeLinear with INT4/UINT4 and blocked scales
+from .lowbit import OPSET, QuantizedTensor, quantize_activations, quantize_weights
 
 
 def export_float(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
@@ -64,7 +62,7 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
         del module.act_quant
     model = quantize_weights(export_float(plain, example), weights)
     return quantize_activations(
-        model, {_input_of(model, name): qp for name, qp in activations.items()}
+        model, {_consumer_of(model, name): qp for name, qp in activations.items()}
     )
 
 
@@ -85,10 +83,12 @@ def _to_tensor(qw, fmt) -> QuantizedTensor:
     )
 
 
-def _input_of(model: onnx.ModelProto, layer: str) -> str:
-    """The activation tensor entering ``layer``: the other input of the node its weight feeds."""
+def _consumer_of(model: onnx.ModelProto, layer: str) -> str:
+    """The node ``layer``'s weight feeds (its Conv/Gemm/MatMul), whose input 0 is the activation."""
     dq = next((n for n in model.graph.node if n.name == f"{layer}.weight_DequantizeLinear"), None)
     consumer = dq and next((n for n in model.graph.node if dq.output[0] in n.input), None)
-    if consumer is None:
-        raise StageError(f"layer '{layer}': its weight feeds no node in the exported ONNX graph")
-    return next(i for i in consumer.input if i != dq.output[0])
+    if consumer is None or consumer.input[0] == dq.output[0]:
+        raise StageError(
+            f"layer '{layer}': its weight feeds no Conv/Gemm/MatMul in the exported ONNX graph"
+        )
+    return consumer.name

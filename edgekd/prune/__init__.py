@@ -8,7 +8,7 @@ from .. import models  # module import: models.student imports prune's primitive
 from ..context import Context
 from ..evaluate import accuracy, count_params, predict, torch_fn
 from .sparsity import apply_2of4
-from .structured import prune_channels
+from .structured import kept_channels, prune_channels
 
 
 def run(ctx: Context) -> Context:
@@ -28,6 +28,7 @@ def run(ctx: Context) -> Context:
         student_params=count_params(student),
         student_nonzero_params=sum(int((p != 0).sum()) for p in student.parameters()),
         pruned_groups=len(decisions),
+        channels=kept_channels(ctx.teacher, student),
         sparse_2of4_layers=sparse,
         accuracy_before_distill=accuracy(predict(torch_fn(student), test.x), test, teacher_logits),
     )

@@ -10,6 +10,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..errors import StageError
 from ..plan import COMPRESSIBLE, Plan
 
 Decision = dict  # {"layer": str, "idxs": list[int]}
@@ -35,12 +36,40 @@ def prune_channels(model: nn.Module, plan: Plan, example: torch.Tensor) -> list[
         ignored_layers=ignored,
         round_to=4,  # keeps channel counts 2:4- and kernel-friendly
     )
+    with torch.no_grad():
+        expected = model(example).shape
     decisions = []
     for group in pruner.step(interactive=True):
         root = group[0].dep.target.module
         decisions.append({"layer": names[root], "idxs": [int(i) for i in group[0].idxs]})
         group.prune()
+    _check_still_works(model, example, expected)
     return decisions
+
+
+def _check_still_works(model: nn.Module, example: torch.Tensor, expected: torch.Size) -> None:
+    """Torch-Pruning cannot follow every reshape: a pruned model must still run and keep its output."""
+    try:
+        with torch.no_grad():
+            shape = model(example).shape
+    except RuntimeError as exc:
+        raise StageError(
+            f"channel pruning broke the forward pass ({str(exc).splitlines()[0]}); a reshape or flatten "
+            "it could not follow sits near the pruned layers: add them to prune.skip"
+        ) from None
+    if shape != expected:
+        raise StageError(
+            f"channel pruning changed the output shape from {list(expected)} to {list(shape)}; "
+            "add the layers that produce the output to prune.skip"
+        )
+
+
+def kept_channels(teacher: nn.Module, student: nn.Module) -> dict[str, list[int]]:
+    """Output channels per layer, teacher vs student: what pruning really did, whatever was asked."""
+    before = {
+        n: m.weight.shape[0] for n, m in teacher.named_modules() if isinstance(m, COMPRESSIBLE)
+    }
+    return {n: [before[n], m.weight.shape[0]] for n, m in student.named_modules() if n in before}
 
 
 def replay_pruning(model: nn.Module, decisions: list[Decision], example: torch.Tensor) -> nn.Module:

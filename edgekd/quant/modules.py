@@ -64,14 +64,17 @@ class QuantLayer:
         return x if self.act_quant is None else self.act_quant(x)
 
 
-class QuantConv1d(QuantLayer, nn.Conv1d):
+class _QuantConv(QuantLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
 
 
-class QuantConv2d(QuantLayer, nn.Conv2d):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
+class QuantConv1d(_QuantConv, nn.Conv1d):
+    pass
+
+
+class QuantConv2d(_QuantConv, nn.Conv2d):
+    pass
 
 
 class QuantLinear(QuantLayer, nn.Linear):

@@ -38,6 +38,7 @@ def assemble(ctx: Context) -> dict[str, Any]:
             "compression_ratio": sizes["teacher"] / sizes["student"],
             "precision": _precision(bench),
             "sparse_2of4_layers": prune["sparse_2of4_layers"],
+            "channels": prune["channels"],  # layer -> [teacher, student] output channels
             "distill": {k: distill[k] for k in ("epochs", "best_val_accuracy", "history")},
         },
         "plan": ctx.plan.to_dict(),

@@ -71,7 +71,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Plan: what each layer became, and how each runtime runs it (as its target file declares)",
         "",
-        *_plan(report["plan"]),
+        *_plan(report["plan"], report["student"]["channels"]),
         "",
         "## Environment",
         "",
@@ -119,7 +119,8 @@ def _verify_row(r: dict) -> list:
     ]  # fmt: skip
 
 
-def _plan(plan: dict) -> list[str]:
+def _plan(plan: dict, channels: dict[str, list[int]]) -> list[str]:
+    """Per layer; "kept" is what pruning really did (Torch-Pruning rounds and may keep more)."""
     runtimes = sorted({k for lp in plan["layers"] for k in lp["runs_as"]})
     rows = []
     for lp in plan["layers"]:
@@ -130,7 +131,8 @@ def _plan(plan: dict) -> list[str]:
             [
                 f"`{lp['name']}`",
                 lp["op"],
-                lp["keep_ratio"],
+                f"{lp['keep_ratio']:g}",
+                "{} of {}".format(*channels[lp["name"]][::-1]),
                 lp["sparsity"] or "dense",
                 f"{bits} {granularity}",
                 acts,
@@ -138,7 +140,20 @@ def _plan(plan: dict) -> list[str]:
             + [lp["runs_as"][k] for k in runtimes]
             + ["; ".join(lp["notes"])]
         )
-    out = _table(["layer", "op", "keep", "sparsity", "weights", "acts", *runtimes, "notes"], rows)
+    out = _table(
+        [
+            "layer",
+            "op",
+            "keep asked",
+            "channels kept",
+            "sparsity",
+            "weights",
+            "acts",
+            *runtimes,
+            "notes",
+        ],
+        rows,
+    )
     if plan["adjustments"]:
         out += [
             "",

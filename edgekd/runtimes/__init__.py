@@ -7,13 +7,12 @@ machines that lack some of them.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from edgekd.errors import StageError, UsageError
+from edgekd.errors import StageError, UsageError, suggest
 
 
 class Session(Protocol):
@@ -71,6 +70,6 @@ RUNTIMES: dict[str, Runtime] = {
 def get_runtime(name: str) -> Runtime:
     if name in RUNTIMES:
         return RUNTIMES[name]
-    close = difflib.get_close_matches(name, RUNTIMES, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise UsageError(f"unknown runtime {name!r}; {hint}choose one of: {', '.join(RUNTIMES)}")
+    raise UsageError(
+        f"unknown runtime '{name}'{suggest(name, RUNTIMES)}; choose one of: {', '.join(RUNTIMES)}"
+    )
