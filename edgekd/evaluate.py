@@ -10,6 +10,8 @@ from torch import nn
 
 from .data import Split
 
+RUNTIME_BATCH = 64  # verify feeds runtimes this many inputs per call; engines must accept it
+
 
 def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(

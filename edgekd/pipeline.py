@@ -19,6 +19,7 @@ from .bench.environment import library_versions
 from .context import Context, Progress, no_progress
 from .data import load_data
 from .errors import EdgeKDError, ShapeError, StageError
+from .evaluate import RUNTIME_BATCH
 from .models import load_teacher, model_fingerprint
 from .plan import resolve_plan
 from .recipe import load_recipe
@@ -173,7 +174,10 @@ def _fingerprints(recipe, targets, plan, teacher, data) -> dict[str, str]:
             recipe.distill,
             per_layer("weight_bits", "block_size", "symmetric", "activation_bits"),
         ),
-        "export": _fingerprint(sorted({rt.name for t in targets for rt in t.runtimes})),
+        "export": _fingerprint(
+            sorted({rt.name for t in targets for rt in t.runtimes}),
+            max(RUNTIME_BATCH, *recipe.bench.batches),
+        ),
         "verify": _fingerprint(models, recipe.verify),
         "bench": _fingerprint(models, recipe.bench, targets),
         "report": _fingerprint(plan.to_dict()),

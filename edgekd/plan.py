@@ -31,6 +31,7 @@ class LayerPlan:
     block_size: int | None  # None: per output channel
     symmetric: bool
     activation_bits: int | None  # None: float activations
+    activation_symmetric: bool = False  # zero point 0, for runtimes that need it (TensorRT)
     runs_as: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> how it executes
     notes: list[str] = field(default_factory=list)
 
@@ -108,50 +109,33 @@ def resolve_plan(
     recipe: Recipe, targets: list[Target], teacher: nn.Module, example: torch.Tensor
 ) -> Plan:
     _check_recipe_values(recipe)
-    q = recipe.quant
     outputs, ranks = trace_layers(teacher, example)
-    loadable = _loadable_bits(targets)
+    runtimes = [(t, rt) for t in targets for rt in t.runtimes]
+    strict = [f"{rt.name} ({t.name})" for t, rt in runtimes if rt.symmetric_only]
     adjustments: dict[str, list[str]] = {}
     layers = []
     for name, module in teacher.named_modules():
         if not isinstance(module, COMPRESSIBLE):
             continue
-        notes = []
-        keep = recipe.prune.keep_ratio
-        if _matches(name, recipe.prune.skip):
-            keep, sparsity = 1.0, None
-            notes.append("prune.skip: left dense")
-        else:
-            sparsity = "2:4" if recipe.prune.sparsity == "2:4" else None
-        if keep < 1.0 and name in outputs:
-            keep = 1.0
-            notes.append("model output: channels kept")
-        if sparsity and (why := sparsity_ineligible(module)):
-            sparsity = None
-            notes.append(f"no 2:4: {why}")
-        bits: int | None = q.weight_bits
-        block = q.block_size if q.granularity == "block" else None
-        for ov in q.overrides:
-            if _matches(name, [ov.match]):
-                if ov.weight_bits is not None:
-                    bits = None if ov.weight_bits == "float" else ov.weight_bits
-                block = ov.block_size if ov.block_size is not None else block
-        if block and module.weight.shape[1] < block:
-            block = None
-            notes.append("input dimension below block size: per-channel scales")
-        if bits is not None and bits not in loadable:
-            legal = min((b for b in loadable if b > bits), default=8)
-            why = f"W{bits} -> W{legal}: {_who_cannot_load(targets, bits)} cannot load {bits}-bit weights"
+        op = (
+            "Conv"
+            if isinstance(module, (nn.Conv1d, nn.Conv2d))
+            else ("Gemm" if ranks.get(name, 2) == 2 else "MatMul")
+        )
+        notes: list[str] = []
+        keep, sparsity = _prune_choice(recipe.prune, name, module, name in outputs, notes)
+        bits, block = _weight_choice(recipe.quant, name, module, notes)
+        bits, reasons = _legal_bits(bits, op, runtimes, recipe.quant.symmetric or bool(strict))
+        for why in reasons:
             adjustments.setdefault(why, []).append(name)
-            bits = legal
-        if bits == 8 and q.symmetric and (narrow := _int8_weight_bits(targets)) < 8:
-            why = f"W8 -> {narrow}-bit range in int8: {_who_narrows(targets)} int8 kernels can saturate on CPUs without VNNI"
-            adjustments.setdefault(why, []).append(name)
-            bits = narrow
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            op = "Conv"
-        else:
-            op = "Gemm" if ranks.get(name, 2) == 2 else "MatMul"
+        symmetric = recipe.quant.symmetric
+        if strict and not symmetric and bits is not None:
+            symmetric = True
+            adjustments.setdefault(
+                f"asymmetric -> symmetric quantization: {', '.join(strict)} needs zero points of 0",
+                [],
+            ).append(name)
+        quantized_acts = recipe.quant.activation_bits < 32 and bits is not None
         lp = LayerPlan(
             name=name,
             op=op,
@@ -160,16 +144,13 @@ def resolve_plan(
             sparsity=sparsity,
             weight_bits=bits,
             block_size=block if bits is not None else None,
-            symmetric=q.symmetric,
-            activation_bits=q.activation_bits
-            if q.activation_bits < 32 and bits is not None
-            else None,
+            symmetric=symmetric,
+            activation_bits=recipe.quant.activation_bits if quantized_acts else None,
+            activation_symmetric=bool(strict) and quantized_acts,
             notes=notes,
         )
         lp.runs_as = {
-            f"{t.name}/{rt.name}": rt.runs_as(op, bits, sparsity == "2:4")
-            for t in targets
-            for rt in t.runtimes
+            f"{t.name}/{rt.name}": rt.runs_as(op, bits, sparsity == "2:4") for t, rt in runtimes
         }
         layers.append(lp)
     if not layers:
@@ -181,6 +162,62 @@ def resolve_plan(
             f"{why} ({len(names)} layers: {', '.join(names)})" for why, names in adjustments.items()
         ],
     )
+
+
+def _prune_choice(
+    cfg, name: str, module: nn.Module, feeds_output: bool, notes: list[str]
+) -> tuple[float, str | None]:
+    keep, sparsity = cfg.keep_ratio, ("2:4" if cfg.sparsity == "2:4" else None)
+    if _matches(name, cfg.skip):
+        keep, sparsity = 1.0, None
+        notes.append("prune.skip: left dense")
+    if keep < 1.0 and feeds_output:
+        keep = 1.0
+        notes.append("model output: channels kept")
+    if sparsity and (why := sparsity_ineligible(module)):
+        sparsity = None
+        notes.append(f"no 2:4: {why}")
+    return keep, sparsity
+
+
+def _weight_choice(
+    cfg, name: str, module: nn.Module, notes: list[str]
+) -> tuple[int | None, int | None]:
+    """The recipe's bits and block size for this layer, overrides applied in order."""
+    bits: int | None = cfg.weight_bits
+    block = cfg.block_size if cfg.granularity == "block" else None
+    for ov in cfg.overrides:
+        if _matches(name, [ov.match]):
+            if ov.weight_bits is not None:
+                bits = None if ov.weight_bits == "float" else ov.weight_bits
+            block = ov.block_size if ov.block_size is not None else block
+    if block and module.weight.shape[1] < block:
+        block = None
+        notes.append("input dimension below block size: per-channel scales")
+    return bits, block
+
+
+def _legal_bits(
+    bits: int | None, op: str, runtimes: list, symmetric: bool
+) -> tuple[int | None, list[str]]:
+    """The nearest bits every target runtime can run for this op, and why the request changed."""
+    reasons: list[str] = []
+    if bits is None:
+        return bits, reasons
+    loadable = set.intersection(*(set(rt.loads(op)) for _, rt in runtimes)) if runtimes else {bits}
+    if bits not in loadable:
+        legal = min((b for b in loadable if b > bits), default=8)
+        who = ", ".join(f"{rt.name} ({t.name})" for t, rt in runtimes if bits not in rt.loads(op))
+        reasons.append(f"W{bits} -> W{legal}: {who} cannot load {bits}-bit {op} weights")
+        bits = legal
+    narrow = min((rt.int8_weight_bits for _, rt in runtimes), default=8)
+    if bits == 8 and symmetric and narrow < 8:
+        who = ", ".join(f"{rt.name} ({t.name})" for t, rt in runtimes if rt.int8_weight_bits < 8)
+        reasons.append(
+            f"W8 -> {narrow}-bit range in int8: {who} int8 kernels can saturate on CPUs without VNNI"
+        )
+        bits = narrow
+    return bits, reasons
 
 
 def _check_recipe_values(recipe: Recipe) -> None:
@@ -234,24 +271,3 @@ def _check_recipe_values(recipe: Recipe) -> None:
 
 def _matches(name: str, patterns: list[str]) -> bool:
     return any(re.fullmatch(p, name) or re.search(p, name) for p in patterns)
-
-
-def _loadable_bits(targets: list[Target]) -> set[int]:
-    sets = [set(rt.weight_bits) for t in targets for rt in t.runtimes]
-    return set.intersection(*sets) if sets else {2, 3, 4, 8}
-
-
-def _who_cannot_load(targets: list[Target], bits: int) -> str:
-    return ", ".join(
-        f"{rt.name} ({t.name})" for t in targets for rt in t.runtimes if bits not in rt.weight_bits
-    )
-
-
-def _int8_weight_bits(targets: list[Target]) -> int:
-    return min((rt.int8_weight_bits for t in targets for rt in t.runtimes), default=8)
-
-
-def _who_narrows(targets: list[Target]) -> str:
-    return ", ".join(
-        f"{rt.name} ({t.name})" for t in targets for rt in t.runtimes if rt.int8_weight_bits < 8
-    )

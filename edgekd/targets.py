@@ -22,6 +22,12 @@ class RuntimeSupport:
     fast_weight_bits: dict[str, tuple[int, ...]] = field(default_factory=dict)
     sparse_2of4: tuple[str, ...] = ()
     int8_weight_bits: int = 8  # 7 where signed int8 weights can saturate the runtime's kernels
+    weight_bits_by_op: dict[str, tuple[int, ...]] = field(default_factory=dict)  # narrower per op
+    symmetric_only: bool = False  # zero points must be 0 (weights and activations)
+
+    def loads(self, op: str) -> tuple[int, ...]:
+        """Weight bits this runtime loads for an op type."""
+        return self.weight_bits_by_op.get(op, self.weight_bits)
 
     def runs_as(self, op: str, bits: int | None, sparse: bool) -> str:
         """How this runtime executes a layer: the honest line the report prints per layer."""
@@ -86,6 +92,10 @@ def load_target(spec: str) -> Target:
                 },
                 sparse_2of4=tuple(rt.get("sparse_2of4") or ()),
                 int8_weight_bits=int(rt.get("int8_weight_bits", 8)),
+                weight_bits_by_op={
+                    k: tuple(v) for k, v in (rt.get("weight_bits_by_op") or {}).items()
+                },
+                symmetric_only=bool(rt.get("symmetric_only", False)),
             )
             for name, rt in raw["runtimes"].items()
         )

@@ -26,8 +26,10 @@ def test_output_layer_keeps_its_channels(tiny, example):
 def test_bits_a_target_cannot_load_become_nearest_legal_and_are_reported(tiny, example):
     recipe = load_recipe("default", ["quant.weight_bits=3"])
     plan = resolve_plan(recipe, [load_target("x86-cpu"), load_target("jetson-orin")], tiny, example)
-    assert {lp.weight_bits for lp in plan.layers} == {4}
-    assert "W3 -> W4" in plan.adjustments[0] and "tensorrt (jetson-orin)" in plan.adjustments[0]
+    assert {lp.weight_bits for lp in plan.layers if lp.op == "Gemm"} == {4}
+    # convs must be INT8 for TensorRT, then a 7-bit range for ONNX Runtime on x86
+    assert {lp.weight_bits for lp in plan.layers if lp.op == "Conv"} == {7}
+    assert any("W3 -> W4" in a and "tensorrt (jetson-orin)" in a for a in plan.adjustments)
 
 
 def test_two_bit_codes_run_from_int4_storage_on_x86(tiny, example):
@@ -82,3 +84,13 @@ def test_symmetric_int8_weights_get_7bit_range_on_x86_and_say_why(tiny, example)
     assert plan.layer("features.3").runs_as["x86-cpu/onnxruntime"] == "int8 (7-bit range) kernel"
     arm = resolve_plan(load_recipe("w8a8"), [load_target("arm-cpu")], tiny, example)
     assert {lp.weight_bits for lp in arm.layers} == {8} and not arm.adjustments
+
+
+def test_tensorrt_targets_get_symmetric_int8_convs_and_int4_matmuls(tiny, example):
+    plan = resolve_plan(load_recipe("default"), [load_target("jetson-orin")], tiny, example)
+    conv, fc = plan.layer("features.3"), plan.layer("head.1")
+    assert (conv.weight_bits, fc.weight_bits) == (8, 4)  # INT4 weight-only is for matrix multiplies
+    assert all(lp.symmetric and lp.activation_symmetric for lp in plan.layers)
+    assert any("W4 -> W8" in a and "Conv" in a for a in plan.adjustments)
+    assert any("symmetric" in a and "zero points of 0" in a for a in plan.adjustments)
+    assert conv.runs_as["jetson-orin/tensorrt"] == "int8 kernel, 2:4 sparse kernel"

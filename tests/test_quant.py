@@ -95,3 +95,10 @@ def test_batchnorm_folding_keeps_outputs(tiny, example):
     folded = fold_batchnorm(tiny, example)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     torch.testing.assert_close(folded(example), before, rtol=1e-5, atol=1e-5)
+
+
+def test_symmetric_activation_quant_has_zero_point_zero():
+    act = ActQuant(symmetric=True).train()
+    act(torch.tensor([-1.0, 3.0]))
+    scale, zp = act.qparams()
+    assert zp == 0 and scale == pytest.approx(3.0 / 127)

@@ -14,8 +14,9 @@ from .fake import WeightFormat, fake_quantize_weight, quantize_weight
 class ActQuant(nn.Module):
     """Per-tensor asymmetric INT8 fake-quant with an EMA min/max observer (ONNX QDQ semantics)."""
 
-    def __init__(self, momentum: float = 0.9) -> None:
+    def __init__(self, symmetric: bool = False, momentum: float = 0.9) -> None:
         super().__init__()
+        self.symmetric = symmetric  # zero point 0, as TensorRT requires
         self.momentum = momentum
         self.register_buffer("lo", torch.tensor(0.0))
         self.register_buffer("hi", torch.tensor(0.0))
@@ -43,6 +44,9 @@ class ActQuant(nn.Module):
         span = float(self.hi - self.lo)
         if not math.isfinite(span):  # non-finite activations: let the loss guard name the problem
             return 1.0, 0
+        if self.symmetric:
+            bound = max(-float(self.lo), float(self.hi))
+            return (bound / 127 if bound > 0 else 1.0), 0
         scale = span / 255 if span > 0 else 1.0
         return scale, int(min(127, max(-128, -128 + round(-float(self.lo) / scale))))
 
@@ -85,8 +89,10 @@ class QuantLinear(QuantLayer, nn.Linear):
 QUANT_CLASS = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
 
 
-def make_quant(module: nn.Module, fmt: WeightFormat, activations: bool) -> None:
+def make_quant(
+    module: nn.Module, fmt: WeightFormat, activations: bool, symmetric_activations: bool = False
+) -> None:
     """Turn a plain layer into its quantized twin in place (same parameters, same state-dict keys)."""
     module.__class__ = QUANT_CLASS[type(module)]
     module.weight_format = fmt
-    module.act_quant = ActQuant() if activations else None
+    module.act_quant = ActQuant(symmetric_activations) if activations else None

@@ -37,8 +37,11 @@ class Runtime(Protocol):
         """None when usable on this machine, else one line saying why not."""
         ...
 
-    def build(self, onnx_path: Path, dest: Path) -> Path:
-        """Write this runtime's artifact for ``onnx_path`` atomically at ``dest``; return it."""
+    def build(self, onnx_path: Path, dest: Path, max_batch: int = 64) -> Path:
+        """Write this runtime's artifact for ``onnx_path`` atomically at ``dest``; return it.
+
+        ``max_batch``: the largest batch it must accept (engines with fixed ranges need it).
+        """
         ...
 
     def open(self, artifact: Path, threads: int | None = None) -> Session: ...

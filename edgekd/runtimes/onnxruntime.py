@@ -23,7 +23,7 @@ class OnnxRuntime:
             return "onnxruntime is not installed (pip install onnxruntime)"
         return None
 
-    def build(self, onnx_path: Path, dest: Path) -> Path:
+    def build(self, onnx_path: Path, dest: Path, max_batch: int = 64) -> Path:
         """Re-save the model as one self-contained file.
 
         Not ORT's offline optimisation: on INT4/UINT4 DequantizeLinear models it reloads fine but

@@ -23,7 +23,7 @@ class OpenVinoRuntime:
             return "openvino is not installed (pip install openvino)"
         return None
 
-    def build(self, onnx_path: Path, dest: Path) -> Path:
+    def build(self, onnx_path: Path, dest: Path, max_batch: int = 64) -> Path:
         """Convert to IR at ``dest`` with its .bin beside it; fp32 weights, as exported.
 
         The .xml is what the runtime opens, so it is removed before the new .bin lands and

@@ -19,9 +19,8 @@ class TensorRTRuntime:
     name = "tensorrt"
     artifact_suffix = ".engine"
 
-    def __init__(self, opt_batch: int = 1, max_batch: int = 64) -> None:
+    def __init__(self, opt_batch: int = 1) -> None:
         self.opt_batch = opt_batch
-        self.max_batch = max_batch
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -42,7 +41,7 @@ class TensorRTRuntime:
 
         return tensorrt
 
-    def build(self, onnx_path: Path, dest: Path) -> Path:
+    def build(self, onnx_path: Path, dest: Path, max_batch: int = 64) -> Path:
         """Build with FP16, INT8 (enables the Q/DQ layers) and 2:4 sparse-weight kernels allowed.
 
         TensorRT 11 drops the FP16/INT8 flags (every network is strongly typed), so flags the
@@ -74,7 +73,7 @@ class TensorRTRuntime:
         dynamic = {name: shape for name, shape in shapes.items() if shape[0] < 0}
         if dynamic:
             profile = builder.create_optimization_profile()
-            batches = (1, self.opt_batch, self.max_batch)
+            batches = (1, min(self.opt_batch, max_batch), max_batch)
             for name, shape in dynamic.items():
                 profile.set_shape(name, *([batch, *shape[1:]] for batch in batches))
             config.add_optimization_profile(profile)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..atomic import write_json
 from ..context import Context
 from ..errors import StageError
-from ..evaluate import accuracy, agreement, predict, torch_fn
+from ..evaluate import RUNTIME_BATCH, accuracy, agreement, predict, torch_fn
 from ..models import load_student
 from ..runtimes import get_runtime
 
@@ -30,7 +30,7 @@ def run(ctx: Context) -> Context:
         }
         if art["status"] == "ok":
             session = get_runtime(art["runtime"]).open(ctx.run.path / art["path"])
-            logits = predict(session.run, test.x, batch=64)
+            logits = predict(session.run, test.x, batch=RUNTIME_BATCH)
             row.update(agreement(logits, reference[art["model"]]))
             row["accuracy"] = accuracy(logits, test, reference["teacher"])
             if row["top1_agreement"] < threshold:
