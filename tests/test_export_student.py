@@ -7,10 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import decode_weight
 
 from edgekd.export.torch_onnx import student_onnx
 from edgekd.plan import resolve_plan
-from edgekd.quant import fold_batchnorm, prepare_qat
+from edgekd.quant import QuantLayer, fold_batchnorm, prepare_qat
 from edgekd.recipe import load_recipe
 from edgekd.targets import load_target
 
@@ -44,6 +45,10 @@ def test_student_onnx_matches_fake_quant_student(tiny, example, tmp_path, overri
     assert low_bit
     n_qdq = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
     assert n_qdq == (0 if "quant.activation_bits=32" in overrides else len(plan.layers))
+    for name, module in student.named_modules():
+        if isinstance(module, QuantLayer):  # the stored low-bit codes decode to the trained weights
+            trained = module.quantized_weight().detach().numpy()
+            np.testing.assert_array_equal(decode_weight(model, f"{name}.weight"), trained)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
