@@ -172,22 +172,40 @@ for _name in STAGE_NAMES:
 @main.command()
 @friendly_errors
 def targets() -> None:
-    """List the built-in targets and what each runtime on them really accelerates."""
+    """List the built-in targets: what each runtime loads, runs as low-bit kernels, runs faster
+    than float, and whether this machine can run it ("here?")."""
     from .targets import load_target, target_names
 
-    rows = []
+    rows, reasons = [], []
     for name in target_names():
         t = load_target(name)
         for rt in t.runtimes:
-            fast = ", ".join(
-                f"{op}: {'/'.join(map(str, b))}" for op, b in rt.fast_weight_bits.items() if b
+            reason = t.unavailable_reason(rt.name)
+            if reason:
+                reasons.append(f"{name}/{rt.name}: {reason}")
+            rows.append(
+                (
+                    name,
+                    t.describe_cpu() or "–",
+                    rt.name,
+                    "/".join(map(str, rt.weight_bits)),
+                    _per_op(rt.lowbit_kernels),
+                    _per_op(rt.faster_than_float),
+                    rt.inference_precision,
+                    "no" if reason else "yes",
+                )
             )
-            sparse = ", ".join(rt.sparse_2of4) or "no"
-            bits = "/".join(map(str, rt.weight_bits))
-            rows.append((name, rt.name, bits, fast, sparse, t.unavailable_reason() or "yes"))
     print_table(
-        ["target", "runtime", "loads weight bits", "faster than float", "2:4 sparse", "here?"], rows
-    )
+        ["target", "CPU", "runtime", "loads bits", "low-bit kernels", "faster than float",
+         "float in", "here?"],
+        rows,
+    )  # fmt: skip
+    for line in ["Why not here:", *reasons] if reasons else []:
+        out.print(line, markup=False, soft_wrap=True)
+
+
+def _per_op(bits: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{op}: {'/'.join(map(str, b))}" for op, b in bits.items() if b) or "none"
 
 
 @main.group()

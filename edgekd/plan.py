@@ -33,6 +33,7 @@ class LayerPlan:
     activation_bits: int | None  # None: float activations
     activation_symmetric: bool = False  # zero point 0, for runtimes that need it (TensorRT)
     runs_as: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> how it executes
+    kernels: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> int8, int4, float
     notes: list[str] = field(default_factory=list)
 
 
@@ -41,6 +42,8 @@ class Plan:
     layers: list[LayerPlan]
     targets: list[str]
     adjustments: list[str]  # requests a target could not run, and what they became
+    # target -> the CPU its facts were resolved for, and each runtime's default precision there
+    target_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerPlan | None:
         return next((lp for lp in self.layers if lp.name == name), None)
@@ -54,6 +57,7 @@ class Plan:
             layers=[LayerPlan(**lp) for lp in data["layers"]],
             targets=data["targets"],
             adjustments=data["adjustments"],
+            target_facts=data["target_facts"],
         )
 
 
@@ -152,6 +156,7 @@ def resolve_plan(
         lp.runs_as = {
             f"{t.name}/{rt.name}": rt.runs_as(op, bits, sparsity == "2:4") for t, rt in runtimes
         }
+        lp.kernels = {f"{t.name}/{rt.name}": rt.kernel(op, bits) for t, rt in runtimes}
         layers.append(lp)
     if not layers:
         raise UsageError("the teacher has no Conv or Linear layers to compress")
@@ -161,6 +166,13 @@ def resolve_plan(
         adjustments=[
             f"{why} ({len(names)} layers: {', '.join(names)})" for why, names in adjustments.items()
         ],
+        target_facts={
+            t.name: {
+                "cpu": t.describe_cpu(),
+                "inference_precision": {rt.name: rt.inference_precision for rt in t.runtimes},
+            }
+            for t in targets
+        },
     )
 
 
@@ -214,7 +226,7 @@ def _legal_bits(
     if bits == 8 and symmetric and narrow < 8:
         who = ", ".join(f"{rt.name} ({t.name})" for t, rt in runtimes if rt.int8_weight_bits < 8)
         reasons.append(
-            f"W8 -> {narrow}-bit range in int8: {who} int8 kernels can saturate on CPUs without VNNI"
+            f"W8 -> {narrow}-bit range in int8: {who} int8 kernels can saturate on a CPU without VNNI"
         )
         bits = narrow
     return bits, reasons

@@ -1,43 +1,69 @@
-"""Targets: what a device runs, read from YAML (the top-level ``targets/`` folder, or a user's file)."""
+"""Targets: what a device runs, read from YAML (the top-level ``targets/`` folder, or a user's file).
+
+Facts that depend on the CPU are written as a choice keyed by ISA feature (``{vnni: 8,
+default: 7}``: the first feature the CPU has wins). ``cpu: detect`` resolves them from the CPU
+edgekd runs on (``x86-cpu``); ``cpu: [avx2]`` from a named CPU class (``x86-cpu-avx2``), for
+planning for another machine. ``extends: NAME`` takes another target's facts, so the CPU
+variants share one file of facts.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import platform
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from .cpu import FEATURES, CpuInfo, detect_cpu
 from .errors import InputError, UsageError, suggest
 
 
 @dataclass(frozen=True)
 class RuntimeSupport:
-    """One runtime on one target: what it can load, and what it really runs faster."""
+    """One runtime on one target: what it can load, what it runs as low-bit kernels, and which of
+    those are measured faster than float."""
 
     name: str
     device: str
     weight_bits: tuple[int, ...]
-    fast_weight_bits: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    lowbit_kernels: dict[str, tuple[int, ...]] = field(default_factory=dict)  # else dequantized
+    faster_than_float: dict[str, tuple[int, ...]] = field(default_factory=dict)
     sparse_2of4: tuple[str, ...] = ()
     int8_weight_bits: int = 8  # 7 where signed int8 weights can saturate the runtime's kernels
     weight_bits_by_op: dict[str, tuple[int, ...]] = field(default_factory=dict)  # narrower per op
     symmetric_only: bool = False  # zero points must be 0 (weights and activations)
+    inference_precision: str = "f32"  # what the runtime computes float layers in by default
 
     def loads(self, op: str) -> tuple[int, ...]:
         """Weight bits this runtime loads for an op type."""
         return self.weight_bits_by_op.get(op, self.weight_bits)
+
+    def kernel(self, op: str, bits: int | None) -> str:
+        """``int8``, ``int4`` or ``float``: the kind of kernel a layer runs as, comparable with
+        what a runtime reports it executed (``Session.layer_kernels``)."""
+        if bits is None:
+            return "float"
+        storage = 8 if bits > 4 else 4  # 7-bit codes live in int8, 2- and 3-bit codes in int4
+        return f"int{storage}" if storage in self.lowbit_kernels.get(op, ()) else "float"
 
     def runs_as(self, op: str, bits: int | None, sparse: bool) -> str:
         """How this runtime executes a layer: the honest line the report prints per layer."""
         if bits is None:
             how = "float"
         else:
-            storage = 8 if bits > 4 else 4  # 7-bit codes live in int8, 2- and 3-bit codes in int4
+            storage = 8 if bits > 4 else 4
             name = f"int{storage}" + (f" ({bits}-bit range)" if storage != bits else "")
-            fast = storage in self.fast_weight_bits.get(op, ())
-            how = f"{name} kernel" if fast else f"{name} weights dequantized to float"
+            if self.kernel(op, bits) == "float":
+                how = f"{name} weights dequantized to float"
+            elif storage in self.faster_than_float.get(op, ()):
+                how = f"{name} kernel"
+            else:
+                how = f"{name} kernel, no faster than float"
         if sparse:
             how += ", 2:4 sparse kernel" if op in self.sparse_2of4 else ", 2:4 zeros run dense"
         return how
@@ -49,13 +75,46 @@ class Target:
     description: str
     arch: tuple[str, ...]
     runtimes: tuple[RuntimeSupport, ...]
+    cpu: tuple[str, ...] | None = None  # ISA features the facts were resolved for
+    cpu_detected: bool = False  # True: this machine's CPU ("x86-cpu"); False: a named CPU class
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    def unavailable_reason(self) -> str | None:
-        """Why this machine cannot stand in for the target device, or None if it can."""
+    def unavailable_reason(
+        self, runtime: str | None = None, host: CpuInfo | None = None
+    ) -> str | None:
+        """Why this machine cannot stand in for the target device (and, given a runtime name,
+        run that runtime), or None if it can. ``host``: the CPU to judge (default: this one).
+
+        A named CPU class is stood in for only by a CPU whose features give the same facts: an
+        AVX-512 VNNI box times int8 convs twice as fast as the AVX2 CPU ``x86-cpu-avx2`` means.
+        """
         machine = platform.machine()
         if machine not in self.arch:
             return f"this machine is {machine}; target {self.name} runs on {'/'.join(self.arch)}"
+        if self.cpu is not None and not self.cpu_detected:
+            host = host or detect_cpu()
+            missing = [f for f in self.cpu if f not in host.features]
+            here = _runtimes(self.raw["runtimes"], host.features, self.name)
+            differ = _differences(self.runtimes, here)
+            if missing or differ:
+                isa = ", ".join(sorted(host.features, key=FEATURES.index)) or "no features"
+                why = f"lacks {', '.join(missing)}" if missing else f"differs in {differ}"
+                return f"this CPU ({isa}) is not a {self.name} CPU: it {why}"
+        if runtime is not None:
+            from .runtimes import get_runtime
+
+            return get_runtime(runtime).unavailable_reason()
         return None
+
+    def describe_cpu(self) -> str | None:
+        """e.g. ``avx2, avx512, vnni, bf16 (detected)`` for the report; None when CPU-independent."""
+        if self.cpu is None:
+            return None
+        return f"{', '.join(self.cpu) or 'no features'} ({'detected' if self.cpu_detected else 'declared'})"
+
+
+_RUNTIME_KEYS = {f.name for f in dataclasses.fields(RuntimeSupport)} - {"name"}
+_TARGET_KEYS = {"name", "description", "arch", "cpu", "extends", "runtimes"}
 
 
 def _builtin_dir():
@@ -66,8 +125,20 @@ def target_names() -> list[str]:
     return sorted(p.name[:-5] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def load_target(spec: str) -> Target:
-    """A built-in target by name, or a target YAML file by path."""
+def load_target(spec: str, cpu: CpuInfo | None = None) -> Target:
+    """A built-in target by name, or a target YAML file by path.
+
+    ``cpu``: the CPU that ``cpu: detect`` resolves against (default: this machine's).
+    """
+    raw = _read(spec)
+    try:
+        return _build(raw, spec, cpu or detect_cpu())
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise InputError(f"target '{spec}' is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _read(spec: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The target's YAML as a dict, with ``extends`` merged in (its own keys win)."""
     if spec.endswith((".yaml", ".yml")):
         path = Path(spec)
         if not path.is_file():
@@ -82,28 +153,103 @@ def load_target(spec: str) -> Target:
         )
     try:
         raw = yaml.safe_load(text)
-        runtimes = tuple(
+    except yaml.YAMLError as exc:
+        raise InputError(f"target '{spec}' is not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"target '{spec}' must be a YAML mapping")
+    for key in raw:
+        if key not in _TARGET_KEYS:
+            raise InputError(f"target '{spec}': unknown key '{key}'{suggest(key, _TARGET_KEYS)}")
+    base = raw.get("extends")
+    if base is None:
+        return raw
+    if base in seen:
+        raise InputError(f"target '{spec}' extends itself through '{base}'")
+    return {**_read(base, (*seen, spec)), **{k: v for k, v in raw.items() if k != "extends"}}
+
+
+def _build(raw: dict[str, Any], spec: str, host: CpuInfo) -> Target:
+    cpu_spec = raw.get("cpu")
+    if cpu_spec == "detect":
+        features: frozenset[str] = host.features
+    elif cpu_spec is None:
+        features = frozenset()
+    else:
+        features = frozenset(cpu_spec)
+        for name in features:
+            _check_feature(name, spec)
+    return Target(
+        name=raw["name"],
+        description=raw.get("description", ""),
+        arch=tuple(raw["arch"]),
+        runtimes=_runtimes(raw["runtimes"], features, spec),
+        cpu=None if cpu_spec is None else tuple(sorted(features, key=FEATURES.index)),
+        cpu_detected=cpu_spec == "detect",
+        raw=raw,
+    )
+
+
+def _runtimes(entries: dict[str, Any], features: frozenset[str], spec: str) -> tuple:
+    runtimes = []
+    for name, rt in entries.items():
+        for key in rt:
+            if key not in _RUNTIME_KEYS:
+                raise InputError(
+                    f"target '{spec}', runtime '{name}': unknown key '{key}'"
+                    f"{suggest(key, _RUNTIME_KEYS)}"
+                )
+        rt = _resolve(rt, features, spec)
+        per_op = functools.partial(_per_op, rt)
+        runtimes.append(
             RuntimeSupport(
                 name=name,
                 device=str(rt.get("device", "CPU")),
                 weight_bits=tuple(rt["weight_bits"]),
-                fast_weight_bits={
-                    k: tuple(v) for k, v in (rt.get("fast_weight_bits") or {}).items()
-                },
+                lowbit_kernels=per_op("lowbit_kernels"),
+                faster_than_float=per_op("faster_than_float"),
                 sparse_2of4=tuple(rt.get("sparse_2of4") or ()),
                 int8_weight_bits=int(rt.get("int8_weight_bits", 8)),
-                weight_bits_by_op={
-                    k: tuple(v) for k, v in (rt.get("weight_bits_by_op") or {}).items()
-                },
+                weight_bits_by_op=per_op("weight_bits_by_op"),
                 symmetric_only=bool(rt.get("symmetric_only", False)),
+                inference_precision=str(rt.get("inference_precision", "f32")),
             )
-            for name, rt in raw["runtimes"].items()
         )
-        return Target(
-            name=raw["name"],
-            description=raw.get("description", ""),
-            arch=tuple(raw["arch"]),
-            runtimes=runtimes,
+    return tuple(runtimes)
+
+
+def _per_op(rt: dict[str, Any], key: str) -> dict[str, tuple[int, ...]]:
+    return {op: tuple(bits) for op, bits in (rt.get(key) or {}).items()}
+
+
+def _resolve(value: Any, features: frozenset[str], spec: str) -> Any:
+    """Replace every ``{feature: value, ..., default: value}`` choice by the value that applies."""
+    if isinstance(value, dict) and "default" in value:
+        for key in value:
+            if key != "default":
+                _check_feature(key, spec)
+        chosen = next((v for k, v in value.items() if k in features), value["default"])
+        return _resolve(chosen, features, spec)
+    if isinstance(value, dict):
+        return {k: _resolve(v, features, spec) for k, v in value.items()}
+    return value
+
+
+def _check_feature(name: str, spec: str) -> None:
+    if name not in FEATURES:
+        raise InputError(
+            f"target '{spec}': unknown CPU feature '{name}'{suggest(name, FEATURES)}; "
+            f"known: {', '.join(FEATURES)}"
         )
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"target '{spec}' is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _differences(planned: tuple[RuntimeSupport, ...], here: tuple[RuntimeSupport, ...]) -> str:
+    """e.g. ``openvino inference_precision, faster_than_float``: the facts that differ."""
+    return "; ".join(
+        f"{a.name} {', '.join(names)}"
+        for a, b in zip(planned, here, strict=True)
+        if (
+            names := [
+                f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)
+            ]
+        )
+    )

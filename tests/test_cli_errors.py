@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from conftest import edgekd
 
+from edgekd.runtimes import get_runtime
+
 TESTS = Path(__file__).parent
 
 
@@ -84,10 +86,12 @@ def test_nan_inputs_are_rejected_before_any_work(tmp_path):
 def test_targets_lists_runtimes_and_says_what_runs_here():
     result = edgekd("targets")
     assert result.returncode == 0
-    assert (
-        "x86-cpu" in result.stdout
-        and "jetson-orin" in result.stdout
-        and "this machine is" in result.stdout
+    lines = result.stdout.splitlines()
+    assert "x86-cpu" in result.stdout and "x86-cpu-avx2" in result.stdout
+    assert any(line.startswith("jetson-orin/tensorrt: this machine is") for line in lines)
+    assert not any(line.startswith("x86-cpu/") for line in lines)  # the CPU edgekd runs on
+    assert any(line.startswith("nvidia-gpu/tensorrt: ") for line in lines) == (
+        get_runtime("tensorrt").unavailable_reason() is not None
     )
 
 

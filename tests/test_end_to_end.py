@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from conftest import decode_weight
 
+from edgekd.cpu import detect_cpu
+
 STAGES = ["prune", "distill", "export", "verify", "bench", "report"]
 RESULT_KEYS = {
     "model", "runtime", "target", "precision", "batch", "latency_ms", "throughput_ips",
@@ -97,8 +99,37 @@ def test_report_shows_what_each_runtime_really_executed(demo_run):
     assert any(
         k.split(":")[0] == "FullyConnected" and k.split(":")[1] in ("u4", "i4") for k in ov_student
     )
-    assert any(k.startswith("Convolution:f32") for k in ov_student)  # int4 convs are decompressed
+    # int4 convs are decompressed: float convolutions (bf16 on CPUs where OpenVINO defaults to it)
+    assert any(k in ("Convolution:f32", "Convolution:bf16") for k in ov_student)
     assert not any(":u4" in k or ":i8" in k for k in ran[("openvino", "teacher")])
     assert "DequantizeLinear" in ran[("onnxruntime", "student")]
     assert "DequantizeLinear" not in ran[("onnxruntime", "teacher")]
     assert "What each runtime really executed" in (demo_run[0] / "report.md").read_text()
+
+
+def test_report_names_the_cpu_isa_and_the_precision_each_runtime_computes_in(demo_run):
+    run, result = demo_run
+    report = _report(run)
+    assert report["environment"]["cpu"]["isa"] == detect_cpu().to_dict()["isa"]
+    precision = report["inference_precision"]
+    assert precision["x86-cpu/onnxruntime"]["teacher"] == "f32"
+    expected = report["plan"]["target_facts"]["x86-cpu"]["inference_precision"]["openvino"]
+    assert precision["x86-cpu/openvino"]["teacher"] == expected  # bf16 exactly where the CPU has it
+    for r in report["results"]:
+        assert r["inference_precision"] and 0.9 <= r["deployed_agreement"] <= 1.0
+    assert all(v["inference_precision"] == "f32" for v in report["verify"])
+    md = (run / "report.md").read_text()
+    assert "ISA: " in md and "Precision each runtime computes in" in md
+    assert "computes in (x86-cpu/openvino)" in result.stdout
+
+
+def test_every_student_layer_ran_as_the_plan_said_on_this_cpu(demo_run):
+    run, result = demo_run
+    report = _report(run)
+    checked = [r for r in report["layers_executed"] if r["executed"]]
+    assert {r["runtime"] for r in checked} == {"onnxruntime", "openvino"}
+    assert {r["layer"] for r in checked if r["runtime"] == "openvino"} == {
+        lp["name"] for lp in report["plan"]["layers"]
+    }
+    assert report["mismatches"] == []
+    assert "as planned" in result.stdout

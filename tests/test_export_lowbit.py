@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import onnxruntime as ort
-import openvino as ov
 import pytest
 import torch
 from onnx import TensorProto, numpy_helper
@@ -22,6 +21,7 @@ from edgekd.export.lowbit import (
     quantize_activations,
     quantize_weights,
 )
+from edgekd.runtimes import get_runtime
 
 LAYERS = ("features.0.weight", "features.2.weight", "fc.weight")
 # case -> (bits, symmetric, block_size) for each of LAYERS. The 8-bit convs are unsigned: with
@@ -167,6 +167,16 @@ def _ort(
     return session.run(None, {"x": x.numpy()})[0]
 
 
+def _runtime(name: str, model: onnx.ModelProto, tmp_path, precision: str = "exact"):
+    """A session of edgekd's runtime ``name`` on ``model``: ``exact`` is full f32 (OpenVINO
+    would compute in bf16 on CPUs that have it, and quantize FullyConnected inputs to int8)."""
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    runtime = get_runtime(name)
+    artifact = runtime.build(path, tmp_path / f"built{runtime.artifact_suffix}")
+    return runtime.open(artifact, precision=precision)
+
+
 def _decode(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Each DequantizeLinear output recomputed in numpy from the stored initializers."""
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -209,12 +219,11 @@ def test_onnxruntime_matches_torch_with_the_dequantized_weights(case):
     np.testing.assert_allclose(_ort(case.model, X), expected, rtol=0, atol=1e-5)
 
 
-def test_openvino_matches_torch_with_the_dequantized_weights(case, tmp_path):
-    path = tmp_path / "model.onnx"
-    onnx.save(case.model, path)
-    compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU")
+def test_openvino_in_f32_matches_torch_with_the_dequantized_weights(case, tmp_path):
+    session = _runtime("openvino", case.model, tmp_path)
+    assert session.inference_precision() == "f32"
     expected = case.net(X).detach().numpy()
-    np.testing.assert_allclose(compiled(X.numpy())[0], expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(session.run(X.numpy()), expected, rtol=0, atol=1e-4)
 
 
 def test_activation_qdq_matches_torch_fake_quant(case):
@@ -276,9 +285,16 @@ def test_linear_on_3d_input_quantizes_the_transposed_weight_the_exporter_folded(
     # onnxruntime fuses these into MatMulNBits, which by default rounds activations to int8.
     exact = _ort(model, x, config={"session.qdq_matmulnbits_accuracy_level": "0"})
     np.testing.assert_allclose(exact, expected, rtol=0, atol=1e-5)
-    onnx.save(model, tmp_path / "tokens.onnx")
-    compiled = ov.Core().compile_model(ov.convert_model(str(tmp_path / "tokens.onnx")), "CPU")
-    np.testing.assert_allclose(compiled(x.numpy())[0], expected, rtol=0, atol=1e-4)
+    openvino = _runtime("openvino", model, tmp_path)
+    np.testing.assert_allclose(openvino.run(x.numpy()), expected, rtol=0, atol=1e-4)
+    # both runtimes keep these int4 weights inside their matrix kernels
+    kernels = {
+        name: _runtime(name, model, tmp_path).layer_kernels(["proj", "head"])
+        for name in ("onnxruntime", "openvino")
+    }
+    assert kernels["onnxruntime"]["proj"] == {"kernel": "MatMulNBits (bits=4)", "kind": "int4"}
+    assert kernels["openvino"]["head"]["kind"] == "int4"
+    assert kernels["openvino"]["head"]["kernel"].startswith("FullyConnected")
 
 
 def test_unknown_weight_name_raises_stage_error():

@@ -25,29 +25,31 @@ def test_output_layer_keeps_its_channels(tiny, example):
 
 def test_bits_a_target_cannot_load_become_nearest_legal_and_are_reported(tiny, example):
     recipe = load_recipe("default", ["quant.weight_bits=3"])
-    plan = resolve_plan(recipe, [load_target("x86-cpu"), load_target("jetson-orin")], tiny, example)
+    targets = [load_target("x86-cpu-avx2"), load_target("jetson-orin")]
+    plan = resolve_plan(recipe, targets, tiny, example)
     assert {lp.weight_bits for lp in plan.layers if lp.op == "Gemm"} == {4}
-    # convs must be INT8 for TensorRT, then a 7-bit range for ONNX Runtime on x86
+    # convs must be INT8 for TensorRT, then a 7-bit range for ONNX Runtime on an AVX2 CPU
     assert {lp.weight_bits for lp in plan.layers if lp.op == "Conv"} == {7}
     assert any("W3 -> W4" in a and "tensorrt (jetson-orin)" in a for a in plan.adjustments)
 
 
 def test_two_bit_codes_run_from_int4_storage_on_x86(tiny, example):
-    plan = resolve_plan(
-        load_recipe("default", ["quant.weight_bits=2"]), [load_target("x86-cpu")], tiny, example
-    )
+    recipe = load_recipe("default", ["quant.weight_bits=2"])
+    plan = resolve_plan(recipe, [load_target("x86-cpu-vnni")], tiny, example)
     assert {lp.weight_bits for lp in plan.layers} == {2} and not plan.adjustments
-    assert plan.layer("head.1").runs_as["x86-cpu/openvino"].startswith("int4 (2-bit range) kernel")
+    fc = plan.layer("head.1")
+    assert fc.runs_as["x86-cpu-vnni/openvino"].startswith("int4 (2-bit range) kernel")
+    assert fc.kernels["x86-cpu-vnni/openvino"] == "int4"
 
 
 def test_runs_as_tells_how_each_runtime_executes_a_layer(tiny, example):
-    plan = resolve_plan(load_recipe("default"), [load_target("x86-cpu")], tiny, example)
+    plan = resolve_plan(load_recipe("default"), [load_target("x86-cpu-vnni")], tiny, example)
     conv, fc = plan.layer("features.3"), plan.layer("head.1")
-    assert (
-        conv.runs_as["x86-cpu/onnxruntime"]
-        == "int4 weights dequantized to float, 2:4 zeros run dense"
-    )
-    assert fc.runs_as["x86-cpu/openvino"].startswith("int4 kernel")
+    ort, ov = "x86-cpu-vnni/onnxruntime", "x86-cpu-vnni/openvino"
+    assert conv.runs_as[ort] == "int4 weights dequantized to float, 2:4 zeros run dense"
+    assert conv.kernels[ort] == "float"
+    # measured: OpenVINO runs int4 FullyConnected kernels, but small ones no faster than bf16/f32
+    assert fc.runs_as[ov] == "int4 kernel, no faster than float, 2:4 zeros run dense"
 
 
 def test_overrides_and_skip_apply_by_regex(tiny, example):
@@ -77,11 +79,14 @@ def test_unknown_target_suggests_nearest():
         load_target("x86_cpu")
 
 
-def test_symmetric_int8_weights_get_7bit_range_on_x86_and_say_why(tiny, example):
-    plan = resolve_plan(load_recipe("w8a8"), [load_target("x86-cpu")], tiny, example)
+def test_symmetric_int8_weights_get_7bit_range_on_avx2_cpus_and_say_why(tiny, example):
+    plan = resolve_plan(load_recipe("w8a8"), [load_target("x86-cpu-avx2")], tiny, example)
     assert {lp.weight_bits for lp in plan.layers} == {7}
     assert "VNNI" in plan.adjustments[0]
-    assert plan.layer("features.3").runs_as["x86-cpu/onnxruntime"] == "int8 (7-bit range) kernel"
+    conv = plan.layer("features.3").runs_as["x86-cpu-avx2/onnxruntime"]
+    assert conv == "int8 (7-bit range) kernel, no faster than float"
+    vnni = resolve_plan(load_recipe("w8a8"), [load_target("x86-cpu-vnni")], tiny, example)
+    assert {lp.weight_bits for lp in vnni.layers} == {8} and not vnni.adjustments
     arm = resolve_plan(load_recipe("w8a8"), [load_target("arm-cpu")], tiny, example)
     assert {lp.weight_bits for lp in arm.layers} == {8} and not arm.adjustments
 

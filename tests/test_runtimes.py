@@ -55,7 +55,7 @@ def test_built_artifact_matches_torch_at_batch_1_and_32(name, exported, tmp_path
     model, onnx_path = exported
     # A separate directory proves the artifact does not lean on the export's external data.
     artifact = runtime.build(onnx_path, tmp_path / "out" / f"model{runtime.artifact_suffix}")
-    session = runtime.open(artifact, threads=1)
+    session = runtime.open(artifact, threads=1, precision="exact")
     for batch in (1, 32):
         x = np.random.default_rng(batch).standard_normal((batch, 1, 8, 8), dtype=np.float32)
         expected = model(torch.from_numpy(x)).detach().numpy()
@@ -69,8 +69,8 @@ def test_built_artifact_matches_torch_at_batch_1_and_32(name, exported, tmp_path
 )
 def test_session_reports_the_kernels_it_really_runs(name, conv, exported, tmp_path):
     runtime = _usable(name)
-    session = runtime.open(runtime.build(exported[1], tmp_path / f"m{runtime.artifact_suffix}"))
-    kernels = session.executed()
+    artifact = runtime.build(exported[1], tmp_path / f"m{runtime.artifact_suffix}")
+    kernels = runtime.open(artifact, precision="exact").executed()
     assert any(conv in kernel for kernel in kernels), kernels
     assert all(isinstance(n, int) and n > 0 for n in kernels.values())
 
@@ -128,3 +128,34 @@ def test_importing_runtimes_loads_no_runtime_library():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_exact_precision_sets_openvino_to_f32_without_dynamic_quantization(exported, tmp_path):
+    """Verify opens sessions ``exact``: what it measures is the export, not bf16 rounding."""
+    runtime = _usable("openvino")
+    artifact = runtime.build(exported[1], tmp_path / "m.xml")
+    exact = runtime.open(artifact, precision="exact")
+    assert exact._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+    assert int(exact._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 0
+    assert exact.inference_precision() == "f32"
+
+
+def test_deploy_precision_is_what_openvino_chooses_on_this_cpu(exported, tmp_path):
+    """Bench opens sessions ``deploy`` and reports the precision the runtime really chose:
+    bf16 where the CPU plugin lists BF16 among this CPU's capabilities, else f32."""
+    import openvino as ov
+
+    runtime = _usable("openvino")
+    deploy = runtime.open(runtime.build(exported[1], tmp_path / "m.xml"), precision="deploy")
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert deploy.inference_precision() == ("bf16" if "BF16" in capabilities else "f32")
+    assert "BF16" in runtime.describe()["capabilities"] or deploy.inference_precision() == "f32"
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_float_layers_are_reported_as_float_kernels(name, exported, tmp_path):
+    runtime = _usable(name)
+    session = runtime.open(runtime.build(exported[1], tmp_path / f"m{runtime.artifact_suffix}"))
+    kernels = session.layer_kernels(["0", "3"])  # Sequential's conv and linear
+    # ORT repacks float conv weights for its NCHWc kernels under new names: that layer is unread
+    assert kernels["3"]["kind"] == "float" and {k["kind"] for k in kernels.values()} == {"float"}

@@ -33,6 +33,33 @@ def test_jetson_target_is_skipped_with_reason_while_x86_runs(tmp_path):
     assert ("tensorrt", "skipped") in exports and ("openvino", "ok") in exports
     assert "[jetson-orin]" in result.stdout  # brackets in labels are not eaten as rich markup
     assert "skipped" in (out / "report.md").read_text()
+    # verify compared in f32 on every CPU; bench ran each runtime in its own default precision
+    assert all(v["inference_precision"] == "f32" for v in report["verify"] if v["status"] == "ok")
+    assert report["inference_precision"]["x86-cpu/openvino"]["student"]
+
+
+def test_a_target_claiming_kernels_the_runtime_does_not_run_is_flagged(tmp_path):
+    """The target file says ORT runs int4 Gemm kernels; ORT really runs DequantizeLinear + Gemm."""
+    target = tmp_path / "claims.yaml"
+    target.write_text(
+        "name: claims\narch: [x86_64, AMD64]\nruntimes:\n  onnxruntime:\n"
+        "    weight_bits: [4, 8]\n    lowbit_kernels: {Gemm: [4]}\n"
+    )
+    out = tmp_path / "run"
+    result = edgekd(
+        "compress", "--teacher", "conftest:tiny_net", "--out", str(out), "--target", str(target),
+        "--set", "distill.epochs=1", "--set", "bench.batches=[1]", "--set", "bench.min_runs=5",
+        "--set", "bench.min_seconds=0.05",
+        cwd=TESTS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    mismatches = json.loads((out / "report.json").read_text())["mismatches"]
+    assert {m["layer"] for m in mismatches} == {"head.1", "head.3"}
+    assert all(m["planned"] == "int4" and m["executed"] == "float" for m in mismatches)
+    assert all(m["kernel"] == "DequantizeLinear + Gemm" for m in mismatches)
+    assert "2 mismatches" in result.stdout
+    assert "plan vs reality: head.1 planned int4, ran float" in result.stdout
+    assert "| `head.1` | layer kernel | int4 | float |" in (out / "report.md").read_text()
 
 
 def test_torch_export_archive_teacher_is_pruned_and_quantized(tmp_path):

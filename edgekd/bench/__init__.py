@@ -8,6 +8,7 @@ from ..atomic import write_json
 from ..context import Context
 from ..runtimes import get_runtime
 from .environment import describe_environment
+from .reality import compare_with_plan, deployed_check
 from .timing import measure_interleaved
 
 
@@ -18,25 +19,35 @@ def run(ctx: Context) -> Context:
         (r["model"], r["runtime"]): r for r in ctx.read_json("verify", "verify.json")["results"]
     }
     precision = {"teacher": "fp32", "student": student_precision(ctx)}
-    results, runtimes, executed = [], {}, []
+    reference = np.load(ctx.path_of("verify", "reference.npz"))
+    gate = ctx.recipe.verify.min_agreement
+    results, runtimes, executed, layers, mismatches = [], {}, [], [], []
     for target in ctx.targets:
         for rt in target.runtimes:
             pair = {m: artifacts.get((m, rt.name)) for m in precision}
             reason = target.unavailable_reason() or next(
                 (a["reason"] for a in pair.values() if a is None or a["status"] != "ok"), None
             )
-            sessions = {}
+            sessions, deployed = {}, {}
             if reason is None:
                 runtime = get_runtime(rt.name)
                 runtimes[rt.name] = runtime.describe()
                 sessions = {
-                    m: runtime.open(ctx.run.path / a["path"], cfg.threads) for m, a in pair.items()
+                    m: runtime.open(ctx.run.path / a["path"], cfg.threads, "deploy")
+                    for m, a in pair.items()
                 }
             if sessions:
                 executed += [
                     {"target": target.name, "runtime": rt.name, "model": m, "kernels": s.executed()}
                     for m, s in sessions.items()
                 ]
+                rows, found = compare_with_plan(ctx.plan, target.name, rt, sessions["student"])
+                layers += rows
+                mismatches += found
+                deployed = {
+                    m: deployed_check(s, ctx.data.test.x, reference[m]) for m, s in sessions.items()
+                }
+                _log_reality(ctx, f"{target.name}/{rt.name}", deployed, found, gate)
             for batch in cfg.batches:
                 stats = {}
                 if sessions:
@@ -60,6 +71,8 @@ def run(ctx: Context) -> Context:
                         "agreement": check.get("top1_agreement"),
                         "status": "skipped" if reason else "ok",
                         "reason": reason,
+                        "inference_precision": deployed.get(model, {}).get("inference_precision"),
+                        "deployed_agreement": deployed.get(model, {}).get("top1_agreement"),
                     }
                     if model in stats:
                         s = stats[model]
@@ -82,12 +95,34 @@ def run(ctx: Context) -> Context:
         {
             "results": results,
             "executed": executed,
+            "layers": layers,
+            "mismatches": mismatches,
             "runtimes": runtimes,
             "environment": describe_environment(),
         },
     )
-    ctx.metrics.update(rows=len(results), skipped=sum(r["status"] == "skipped" for r in results))
+    ctx.metrics.update(
+        rows=len(results),
+        skipped=sum(r["status"] == "skipped" for r in results),
+        mismatches=len(mismatches),
+    )
     return ctx
+
+
+def _log_reality(ctx: Context, where: str, deployed: dict, mismatches: list, gate: float) -> None:
+    for model, check in deployed.items():
+        note = ""
+        if check["top1_agreement"] < gate:
+            note = f" (below the {gate:.0%} gate: this runtime's default precision, not the export)"
+        ctx.log(
+            f"  {where} {model}: runs in {check['inference_precision']}; top-1 agreement with "
+            f"PyTorch {check['top1_agreement']:.2%}{note}"
+        )
+    for m in mismatches:
+        ctx.log(
+            f"  {where} plan vs reality: {m['layer'] or m['what']} planned {m['planned']}, "
+            f"ran {m['executed']}" + (f" ({m['kernel']})" if m.get("kernel") else "")
+        )
 
 
 def student_precision(ctx: Context) -> str:

@@ -45,6 +45,12 @@ def assemble(ctx: Context) -> dict[str, Any]:
         "verify": verify["results"],
         "results": bench["results"],
         "executed": bench["executed"],
+        "layers_executed": bench["layers"],
+        "mismatches": bench["mismatches"],
+        "inference_precision": inference_precision(bench["results"]),
+        "deployed_below_gate": deployed_below_gate(
+            bench["results"], ctx.recipe.verify.min_agreement
+        ),
         "speedups": speedups(bench["results"]),
         "environment": {**bench["environment"], "runtimes": bench["runtimes"]},
         "stage_seconds": {name: rec.get("seconds") for name, rec in stages.items()},
@@ -68,6 +74,42 @@ def speedups(results: list[dict]) -> list[dict]:
                     "runtime": runtime,
                     "batch": batch,
                     "speedup_p50": row["latency_ms"]["p50"] / student["latency_ms"]["p50"],
+                }
+            )
+    return out
+
+
+def inference_precision(results: list[dict]) -> dict[str, dict[str, str]]:
+    """``target/runtime`` -> model -> the precision the runtime computed in when benchmarked."""
+    out: dict[str, dict[str, str]] = {}
+    for r in results:
+        if r["inference_precision"]:
+            out.setdefault(f"{r['target']}/{r['runtime']}", {})[r["model"]] = r[
+                "inference_precision"
+            ]
+    return out
+
+
+def deployed_below_gate(results: list[dict], gate: float) -> list[dict]:
+    """Runtimes whose default precision moves top-1 agreement with PyTorch below the verify gate:
+    a fact about the device (verify already passed in f32), which the report must show."""
+    seen, out = set(), []
+    for r in results:
+        key = (r["target"], r["runtime"], r["model"])
+        if (
+            r["deployed_agreement"] is not None
+            and r["deployed_agreement"] < gate
+            and key not in seen
+        ):
+            seen.add(key)
+            out.append(
+                {
+                    "target": r["target"],
+                    "runtime": r["runtime"],
+                    "model": r["model"],
+                    "inference_precision": r["inference_precision"],
+                    "top1_agreement": r["deployed_agreement"],
+                    "gate": gate,
                 }
             )
     return out

@@ -15,7 +15,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Teacher `{report['teacher']['spec']}`, data `{report['config']['data']}`, recipe "
         f"`{report['config']['recipe']}`, targets {', '.join(report['config']['targets'])}.",
         f"Accuracy is {report['accuracy_is']}. Measured on {env['cpu']['model']} "
-        f"({env['cpu']['usable_cores']} usable cores), {env['os']}.",
+        f"({env['cpu']['arch']}; ISA: {', '.join(env['cpu']['isa']) or 'none detected'}; "
+        f"{env['cpu']['usable_cores']} usable cores), {env['os']}.",
         "",
         "## Summary",
         "",
@@ -54,7 +55,19 @@ def render_markdown(report: dict[str, Any]) -> str:
             ],
         ),
         "",
-        "## Verification (exports vs PyTorch, test split)",
+        "## Plan vs reality",
+        "",
+        *_reality(report),
+        "",
+        "## Precision each runtime computes in",
+        "",
+        "Verify runs every runtime in full f32, so its agreement measures the export. Bench runs",
+        "each runtime as users deploy it, in its own default precision on this CPU; the agreement",
+        "below is with the PyTorch model on the test split, at that precision.",
+        "",
+        *_precision(report),
+        "",
+        "## Verification (exports vs PyTorch, test split, f32)",
         "",
         *_table(
             [
@@ -69,16 +82,71 @@ def render_markdown(report: dict[str, Any]) -> str:
             [_verify_row(r) for r in report["verify"]],
         ),
         "",
-        "## Plan: what each layer became, and how each runtime runs it (as its target file declares)",
+        "## Plan: what each layer became, and how each runtime should run it (its target file)",
         "",
         *_plan(report["plan"], report["student"]["channels"]),
         "",
         "## Environment",
         "",
+        f"- CPU: {env['cpu']['model']}, {env['cpu']['arch']}, ISA {', '.join(env['cpu']['isa'])}"
+        f" (flags: {' '.join(env['cpu']['flags'])}), {env['cpu']['usable_cores']} usable of "
+        f"{env['cpu']['logical_cores']} cores",
+        *[
+            f"- target {name}: CPU facts for {facts['cpu']}"
+            for name, facts in report["plan"]["target_facts"].items()
+            if facts["cpu"]
+        ],
+        *[
+            f"- {name} sees: {', '.join(rt['capabilities'])}"
+            for name, rt in env["runtimes"].items()
+            if rt.get("capabilities")
+        ],
         *[f"- {lib}: {ver or 'not installed'}" for lib, ver in env["libraries"].items()],
         "",
     ]
     return "\n".join(lines)
+
+
+def _reality(report: dict[str, Any]) -> list[str]:
+    """The student's layers whose kernel, or whose runtime's precision, is not what the plan said."""
+    rows = report["layers_executed"]
+    checked = sorted({f"{r['target']}/{r['runtime']}" for r in rows if r["executed"]})
+    unread = sorted({f"{r['target']}/{r['runtime']}" for r in rows} - set(checked))
+    out = [
+        "Each layer's planned kernel (from the target file) against the kernel the runtime's",
+        f"compiled graph ran. Checked: {', '.join(checked) or 'none'}."
+        + (f" Not readable: {', '.join(unread)}." if unread else ""),
+        "",
+    ]
+    if not report["mismatches"]:
+        return [*out, "Every checked layer ran as planned."]
+    return out + _table(
+        ["target", "runtime", "layer", "what", "planned", "ran", "kernel"],
+        [
+            (m["target"], m["runtime"], f"`{m['layer']}`" if m["layer"] else "–", m["what"],
+             m["planned"], m["executed"], m.get("kernel") or "–")
+            for m in report["mismatches"]
+        ],
+    )  # fmt: skip
+
+
+def _precision(report: dict[str, Any]) -> list[str]:
+    first = report["results"][0]["batch"] if report["results"] else None
+    rows = [
+        (r["target"], r["runtime"], r["model"], r["inference_precision"],
+         f"{r['deployed_agreement']:.2%}")
+        for r in report["results"]
+        if r["deployed_agreement"] is not None and r["batch"] == first
+    ]  # fmt: skip
+    out = _table(["target", "runtime", "model", "computes in", "top-1 agreement"], rows)
+    for d in report["deployed_below_gate"]:
+        out += [
+            "",
+            f"**{d['target']}/{d['runtime']} {d['model']}: {d['top1_agreement']:.2%} top-1 "
+            f"agreement in {d['inference_precision']}, below the {d['gate']:.0%} gate.** The "
+            "export passed verify in f32; this is what the runtime's default precision does here.",
+        ]
+    return out
 
 
 def _table(header: list[str], rows: list[tuple | list]) -> list[str]:

@@ -42,6 +42,30 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             continue
         tl, sl = row["latency_ms"]["p50"], student["latency_ms"]["p50"]
         rows.append((label, f"{tl:.3f} ms", f"{sl:.3f} ms", _ratio(tl / sl, "faster", "slower")))
+    for where, by_model in report["inference_precision"].items():
+        rows.append(
+            (f"computes in ({where})", by_model.get("teacher", ""), by_model.get("student", ""), "")
+        )
+    for d in report["deployed_below_gate"]:
+        rows.append(
+            (
+                f"top-1 agreement at default precision ({d['target']}/{d['runtime']})",
+                "" if d["model"] == "student" else f"{d['top1_agreement']:.2%}",
+                f"{d['top1_agreement']:.2%}" if d["model"] == "student" else "",
+                f"below the {d['gate']:.0%} gate: the device's precision, not the export",
+            )
+        )
+    checked = {(r["target"], r["runtime"]) for r in report["layers_executed"] if r["executed"]}
+    if checked:
+        n = len(report["mismatches"])
+        rows.append(
+            (
+                "plan vs reality",
+                "",
+                f"{n} mismatch{'es' if n != 1 else ''}" if n else "as planned",
+                "see report.md" if n else f"every layer, on {len(checked)} runtime(s)",
+            )
+        )
     return rows
 
 

@@ -8,16 +8,35 @@ machines that lack some of them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
 from edgekd.errors import StageError, UsageError, suggest
 
+# "exact": full f32 with no reduced-precision rewrite, so verify measures the export itself.
+# "deploy": the runtime's own defaults on this machine (bf16, dynamic int8 activations, ...), which
+# is what users ship and what bench times.
+Precision = Literal["exact", "deploy"]
+
+# What a layer's weights run as, comparable across runtimes and with the plan: "int8" (integer
+# kernel, or int8 weights inside the kernel), "int4" (int4 weights inside the kernel) or "float"
+# (weights turned into float first: at load time or by a DequantizeLinear on every call).
+LayerKernel = dict[str, str]  # {"kernel": what the runtime named it, "kind": "int8"|"int4"|"float"}
+
 
 class Session(Protocol):
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one float32 input; return the first output as a float32 array."""
+        ...
+
+    def inference_precision(self) -> str:
+        """The precision the runtime really computes in, read back from it (e.g. ``bf16``)."""
+        ...
+
+    def layer_kernels(self, layers: list[str]) -> dict[str, LayerKernel]:
+        """Per layer (torch module name), the kernel that runs its weights after the runtime's
+        own rewrites; layers the runtime's graph no longer names are left out."""
         ...
 
     def executed(self) -> dict[str, int]:
@@ -44,11 +63,20 @@ class Runtime(Protocol):
         """
         ...
 
-    def open(self, artifact: Path, threads: int | None = None) -> Session: ...
+    def open(
+        self, artifact: Path, threads: int | None = None, precision: Precision = "deploy"
+    ) -> Session: ...
 
     def describe(self) -> dict:
         """{"runtime", "version", "device"} for the report's environment section."""
         ...
+
+
+def weight_names(layer: str) -> tuple[str, ...]:
+    """Names a layer's weight may carry in an exported graph: the low-bit codes and their
+    DequantizeLinear (``export/lowbit.py``), or the float initializer (the exporter keeps
+    parameter names)."""
+    return (f"{layer}.weight_quantized", f"{layer}.weight_DequantizeLinear", f"{layer}.weight")
 
 
 def runtime_failure(action: str, path: Path, exc: BaseException, fix: str) -> StageError:

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgekd.atomic import atomic_path
 from edgekd.errors import StageError
+from edgekd.runtimes import LayerKernel, Precision
 
 
 class TensorRTRuntime:
@@ -84,8 +85,11 @@ class TensorRTRuntime:
             tmp.write_bytes(engine)
         return Path(dest)
 
-    def open(self, artifact: Path, threads: int | None = None) -> _EngineSession:
-        """``threads`` is ignored: the work runs on the GPU."""
+    def open(
+        self, artifact: Path, threads: int | None = None, precision: Precision = "deploy"
+    ) -> _EngineSession:
+        """``threads`` is ignored (the work runs on the GPU), and so is ``precision``: an engine's
+        precisions are fixed when it is built (Q/DQ layers, FP16 tactics)."""
         return _EngineSession(self._require(), Path(artifact))
 
     def describe(self) -> dict:
@@ -145,6 +149,14 @@ class _EngineSession:
             raise StageError("TensorRT failed to execute the engine (see its log)")
         stream.synchronize()
         return outputs[0].float().cpu().numpy()
+
+    def inference_precision(self) -> str:
+        return "fp16/fp32 per layer; fixed at engine build (Q/DQ layers int8/int4)"
+
+    def layer_kernels(self, layers: list[str]) -> dict[str, LayerKernel]:
+        """Not read yet: the inspector names fused layers after ONNX nodes, and mapping them to
+        torch layers needs a GPU to test against. The report says the check was not made."""
+        return {}
 
     def executed(self) -> dict[str, int]:
         """``layer type:output type`` from the engine inspector, ``+sparse`` for 2:4 tactics."""

@@ -1,8 +1,15 @@
-"""Stage 4, verify: every export must agree with the PyTorch model it came from, on held-out data."""
+"""Stage 4, verify: every export must agree with the PyTorch model it came from, on held-out data.
+
+Runtimes run in full f32 here (``precision="exact"``), so agreement measures the export and not a
+runtime's reduced-precision default; bench measures those defaults against the same references,
+which verify saves (``reference.npz``).
+"""
 
 from __future__ import annotations
 
-from ..atomic import write_json
+import numpy as np
+
+from ..atomic import atomic_path, write_json
 from ..context import Context
 from ..errors import StageError
 from ..evaluate import RUNTIME_BATCH, accuracy, agreement, predict, torch_fn
@@ -19,6 +26,8 @@ def run(ctx: Context) -> Context:
         "teacher": predict(torch_fn(ctx.teacher), test.x),
         "student": predict(torch_fn(student), test.x),
     }
+    with atomic_path(ctx.out("reference.npz")) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **reference)
     threshold = ctx.recipe.verify.min_agreement
     results = []
     for art in ctx.read_json("export", "artifacts.json"):
@@ -29,8 +38,11 @@ def run(ctx: Context) -> Context:
             "reason": art["reason"],
         }
         if art["status"] == "ok":
-            session = get_runtime(art["runtime"]).open(ctx.run.path / art["path"])
+            session = get_runtime(art["runtime"]).open(
+                ctx.run.path / art["path"], precision="exact"
+            )
             logits = predict(session.run, test.x, batch=RUNTIME_BATCH)
+            row["inference_precision"] = session.inference_precision()
             row.update(agreement(logits, reference[art["model"]]))
             row["accuracy"] = accuracy(logits, test, reference["teacher"])
             if row["top1_agreement"] < threshold:
