@@ -136,7 +136,7 @@ def main() -> None:
     console = Console(width=None if sys.stdout.isatty() else 200)
     cpu = detect_cpu()
     console.print(
-        f"CPU: {cpu.model} ({cpu.arch}), ISA: {', '.join(sorted(cpu.features))}, "
+        f"CPU: {cpu.model} ({cpu.arch}), ISA: {', '.join(cpu.to_dict()['isa'])}, "
         f"{cpu.usable_cores} usable cores"
     )
     table = Table(

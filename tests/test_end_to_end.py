@@ -120,7 +120,7 @@ def test_report_names_the_cpu_isa_and_the_precision_each_runtime_computes_in(dem
     assert all(v["inference_precision"] == "f32" for v in report["verify"])
     md = (run / "report.md").read_text()
     assert "ISA: " in md and "Precision each runtime computes in" in md
-    assert "computes in (x86-cpu/openvino)" in result.stdout
+    assert "computes in openvino" in result.stdout
 
 
 def test_every_student_layer_ran_as_the_plan_said_on_this_cpu(demo_run):

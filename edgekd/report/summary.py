@@ -42,14 +42,16 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             continue
         tl, sl = row["latency_ms"]["p50"], student["latency_ms"]["p50"]
         rows.append((label, f"{tl:.3f} ms", f"{sl:.3f} ms", _ratio(tl / sl, "faster", "slower")))
+    many = len(report["config"]["targets"]) > 1
     for where, by_model in report["inference_precision"].items():
-        rows.append(
-            (f"computes in ({where})", by_model.get("teacher", ""), by_model.get("student", ""), "")
-        )
+        target, runtime = where.split("/")
+        label = f"computes in {runtime}" + (f" [{target}]" if many else "")
+        rows.append((label, by_model.get("teacher", ""), by_model.get("student", ""), ""))
     for d in report["deployed_below_gate"]:
         rows.append(
             (
-                f"top-1 agreement at default precision ({d['target']}/{d['runtime']})",
+                f"agreement in {d['runtime']} default precision"
+                + (f" [{d['target']}]" if many else ""),
                 "" if d["model"] == "student" else f"{d['top1_agreement']:.2%}",
                 f"{d['top1_agreement']:.2%}" if d["model"] == "student" else "",
                 f"below the {d['gate']:.0%} gate: the device's precision, not the export",
