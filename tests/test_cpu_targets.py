@@ -119,3 +119,19 @@ def test_unknown_runtime_key_in_a_target_file_is_an_error(tmp_path):
     )
     with pytest.raises(InputError, match="unknown key 'fast_weight_bits'"):
         load_target(str(path))
+
+
+def test_agreement_lost_to_a_runtimes_default_precision_is_reported_with_its_figure():
+    from edgekd.report.assemble import deployed_below_gate
+    from edgekd.report.markdown import _precision
+
+    row = {"target": "x86-cpu", "runtime": "openvino", "model": "student", "batch": 1,
+           "inference_precision": "bf16", "deployed_agreement": 0.9851}  # fmt: skip
+    rows = [row, {**row, "batch": 32}, {**row, "model": "teacher", "deployed_agreement": 1.0}]
+    below = deployed_below_gate(rows, 0.99)
+    assert below == [
+        {"target": "x86-cpu", "runtime": "openvino", "model": "student",
+         "inference_precision": "bf16", "top1_agreement": 0.9851, "gate": 0.99}
+    ]  # fmt: skip
+    text = "\n".join(_precision({"results": rows, "deployed_below_gate": below}))
+    assert "98.51% top-1 agreement in bf16, below the 99% gate" in text
