@@ -17,6 +17,7 @@ from . import bench, distill, export, prune, report, verify
 from .atomic import write_json, write_text
 from .bench.environment import library_versions
 from .context import Context, Progress, no_progress
+from .cpu import detect_cpu
 from .data import load_data
 from .errors import EdgeKDError, ShapeError, StageError
 from .evaluate import RUNTIME_BATCH
@@ -179,7 +180,8 @@ def _fingerprints(recipe, targets, plan, teacher, data) -> dict[str, str]:
             max(RUNTIME_BATCH, *recipe.bench.batches),
         ),
         "verify": _fingerprint(models, recipe.verify),
-        "bench": _fingerprint(models, recipe.bench, targets),
+        # the CPU too: it decides facts ("cpu: detect") and whether a named CPU class runs here
+        "bench": _fingerprint(models, recipe.bench, targets, sorted(detect_cpu().features)),
         "report": _fingerprint(plan.to_dict()),
     }
 

@@ -57,7 +57,7 @@ class Plan:
             layers=[LayerPlan(**lp) for lp in data["layers"]],
             targets=data["targets"],
             adjustments=data["adjustments"],
-            target_facts=data["target_facts"],
+            target_facts=data.get("target_facts", {}),  # absent in runs made before CPU facts
         )
 
 
@@ -154,9 +154,12 @@ def resolve_plan(
             notes=notes,
         )
         lp.runs_as = {
-            f"{t.name}/{rt.name}": rt.runs_as(op, bits, sparsity == "2:4") for t, rt in runtimes
+            f"{t.name}/{rt.name}": rt.runs_as(op, bits, sparsity == "2:4", lp.activation_bits)
+            for t, rt in runtimes
         }
-        lp.kernels = {f"{t.name}/{rt.name}": rt.kernel(op, bits) for t, rt in runtimes}
+        lp.kernels = {
+            f"{t.name}/{rt.name}": rt.kernel(op, bits, lp.activation_bits) for t, rt in runtimes
+        }
         layers.append(lp)
     if not layers:
         raise UsageError("the teacher has no Conv or Linear layers to compress")

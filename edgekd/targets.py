@@ -43,22 +43,27 @@ class RuntimeSupport:
         """Weight bits this runtime loads for an op type."""
         return self.weight_bits_by_op.get(op, self.weight_bits)
 
-    def kernel(self, op: str, bits: int | None) -> str:
+    def kernel(self, op: str, bits: int | None, activation_bits: int | None = 8) -> str:
         """``int8``, ``int4`` or ``float``: the kind of kernel a layer runs as, comparable with
-        what a runtime reports it executed (``Session.layer_kernels``)."""
-        if bits is None:
+        what a runtime reports it executed (``Session.layer_kernels``).
+
+        Integer convolutions need integer activations: with float ones, every runtime
+        dequantizes int8 conv weights (measured by benchmarks/cpu_kernels.py)."""
+        if bits is None or (op == "Conv" and activation_bits is None):
             return "float"
-        storage = 8 if bits > 4 else 4  # 7-bit codes live in int8, 2- and 3-bit codes in int4
+        storage = _storage(bits)
         return f"int{storage}" if storage in self.lowbit_kernels.get(op, ()) else "float"
 
-    def runs_as(self, op: str, bits: int | None, sparse: bool) -> str:
+    def runs_as(
+        self, op: str, bits: int | None, sparse: bool, activation_bits: int | None = 8
+    ) -> str:
         """How this runtime executes a layer: the honest line the report prints per layer."""
         if bits is None:
             how = "float"
         else:
-            storage = 8 if bits > 4 else 4
+            storage = _storage(bits)
             name = f"int{storage}" + (f" ({bits}-bit range)" if storage != bits else "")
-            if self.kernel(op, bits) == "float":
+            if self.kernel(op, bits, activation_bits) == "float":
                 how = f"{name} weights dequantized to float"
             elif storage in self.faster_than_float.get(op, ()):
                 how = f"{name} kernel"
@@ -67,6 +72,11 @@ class RuntimeSupport:
         if sparse:
             how += ", 2:4 sparse kernel" if op in self.sparse_2of4 else ", 2:4 zeros run dense"
         return how
+
+
+def _storage(bits: int) -> int:
+    """7-bit codes live in int8, 2- and 3-bit codes in int4."""
+    return 8 if bits > 4 else 4
 
 
 @dataclass(frozen=True)
@@ -170,6 +180,8 @@ def _read(spec: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def _build(raw: dict[str, Any], spec: str, host: CpuInfo) -> Target:
     cpu_spec = raw.get("cpu")
+    if cpu_spec is not None and cpu_spec != "detect" and not isinstance(cpu_spec, list):
+        raise InputError(f"target '{spec}': cpu must be 'detect' or a list of features")
     if cpu_spec == "detect":
         features: frozenset[str] = host.features
     elif cpu_spec is None:
@@ -229,6 +241,8 @@ def _resolve(value: Any, features: frozenset[str], spec: str) -> Any:
                 _check_feature(key, spec)
         chosen = next((v for k, v in value.items() if k in features), value["default"])
         return _resolve(chosen, features, spec)
+    if isinstance(value, dict) and value and all(k in FEATURES for k in value):
+        raise InputError(f"target '{spec}': the choice {value} needs a 'default' value")
     if isinstance(value, dict):
         return {k: _resolve(v, features, spec) for k, v in value.items()}
     return value

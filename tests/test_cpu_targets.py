@@ -135,3 +135,27 @@ def test_agreement_lost_to_a_runtimes_default_precision_is_reported_with_its_fig
     ]  # fmt: skip
     text = "\n".join(_precision({"results": rows, "deployed_below_gate": below}))
     assert "98.51% top-1 agreement in bf16, below the 99% gate" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("cpu: avx2\n", "cpu must be 'detect' or a list"),
+        ("runtimes:\n  onnxruntime:\n    weight_bits: [8]\n    int8_weight_bits: {vnni: 8}\n",
+         "needs a 'default'"),
+    ],
+)  # fmt: skip
+def test_malformed_cpu_facts_in_a_target_file_are_errors(tmp_path, text, error):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: x86-cpu\nname: mine\n" + text)
+    with pytest.raises(InputError, match=error):
+        load_target(str(path))
+
+
+def test_int8_conv_weights_with_float_activations_are_planned_as_float(tiny, example):
+    recipe = load_recipe("w8a8", ["quant.activation_bits=32"])
+    plan = resolve_plan(recipe, [load_target("x86-cpu-vnni")], tiny, example)
+    conv, fc = plan.layer("features.3"), plan.layer("head.1")
+    assert conv.kernels["x86-cpu-vnni/openvino"] == "float"
+    assert conv.runs_as["x86-cpu-vnni/onnxruntime"] == "int8 weights dequantized to float"
+    assert fc.kernels["x86-cpu-vnni/openvino"] == "int8"  # weight-only FullyConnected

@@ -117,7 +117,7 @@ def test_report_names_the_cpu_isa_and_the_precision_each_runtime_computes_in(dem
     assert precision["x86-cpu/openvino"]["teacher"] == expected  # bf16 exactly where the CPU has it
     for r in report["results"]:
         assert r["inference_precision"] and 0.9 <= r["deployed_agreement"] <= 1.0
-    assert all(v["inference_precision"] == "f32" for v in report["verify"])
+    assert all(v["inference_precision"] == "f32" for v in report["verify"] if v["status"] == "ok")
     md = (run / "report.md").read_text()
     assert "ISA: " in md and "Precision each runtime computes in" in md
     assert "computes in openvino" in result.stdout

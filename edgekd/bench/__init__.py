@@ -6,6 +6,7 @@ import numpy as np
 
 from ..atomic import write_json
 from ..context import Context
+from ..errors import StageError
 from ..runtimes import get_runtime
 from .environment import describe_environment
 from .reality import compare_with_plan, deployed_check
@@ -19,7 +20,11 @@ def run(ctx: Context) -> Context:
         (r["model"], r["runtime"]): r for r in ctx.read_json("verify", "verify.json")["results"]
     }
     precision = {"teacher": "fp32", "student": student_precision(ctx)}
-    reference = np.load(ctx.path_of("verify", "reference.npz"))
+    reference_file = ctx.path_of("verify", "reference.npz")
+    if not reference_file.is_file():
+        raise StageError(f"{reference_file} is missing; run 'edgekd verify {ctx.run.path}' first")
+    with np.load(reference_file) as saved:
+        reference = dict(saved)
     gate = ctx.recipe.verify.min_agreement
     results, runtimes, executed, layers, mismatches = [], {}, [], [], []
     for target in ctx.targets:

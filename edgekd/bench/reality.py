@@ -1,4 +1,4 @@
-"""Plan vs reality: what each runtime really did with the student, read back after timing.
+"""Plan vs reality: what each runtime really did with the student, read from its compiled graph.
 
 The plan says how each layer should run on each target runtime (``LayerPlan.kernels``) and in
 what precision float layers run; the runtime's compiled graph says what it did. Every difference

@@ -65,7 +65,10 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "plan vs reality",
                 "",
                 f"{n} mismatch{'es' if n != 1 else ''}" if n else "as planned",
-                "see report.md" if n else f"every layer, on {len(checked)} runtime(s)",
+                "see report.md"
+                if n
+                else f"{sum(bool(r['executed']) for r in report['layers_executed'])} of "
+                f"{len(report['layers_executed'])} layer checks read, {len(checked)} runtime(s)",
             )
         )
     return rows

@@ -155,8 +155,8 @@ class _OvSession:
                     continue
                 kernel, precision = _info(match)
                 weight = _weight_type(match)
-                kind = {"i8": "int8", "u8": "int8", "i4": "int4", "u4": "int4"}.get(weight, "float")
-                kind = "int8" if precision in ("i8", "u8") else kind
+                kind = {"i8": "int8", "u8": "int8", "i4": "int4", "u4": "int4"}.get(weight)
+                kind = kind or ("int8" if precision in ("i8", "u8") else "float")
                 kernels[layer] = {
                     "kernel": f"{kernel}:{precision} ({weight} weights)",
                     "kind": kind,

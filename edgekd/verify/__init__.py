@@ -1,7 +1,7 @@
 """Stage 4, verify: every export must agree with the PyTorch model it came from, on held-out data.
 
-Runtimes run in full f32 here (``precision="exact"``), so agreement measures the export and not a
-runtime's reduced-precision default; bench measures those defaults against the same references,
+CPU runtimes run in full f32 here (``precision="exact"``), so agreement measures the export and
+not a runtime's reduced-precision default (TensorRT engines keep the precisions fixed at build); bench measures those defaults against the same references,
 which verify saves (``reference.npz``).
 """
 
@@ -36,6 +36,7 @@ def run(ctx: Context) -> Context:
             "runtime": art["runtime"],
             "status": art["status"],
             "reason": art["reason"],
+            "inference_precision": None,
         }
         if art["status"] == "ok":
             session = get_runtime(art["runtime"]).open(
