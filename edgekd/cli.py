@@ -24,7 +24,9 @@ from .errors import EdgeKDError
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
 err = Console(stderr=True, highlight=False)
 
-STAGE_NAMES = ("prune", "distill", "export", "verify", "bench", "report")
+STAGE_NAMES = (
+    "sensitivity", "prune", "distill", "export", "verify", "bench", "report", "gate"
+)  # fmt: skip
 
 
 def friendly_errors(fn: Callable) -> Callable:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import bench, distill, export, prune, report, verify
+from . import bench, distill, export, gate, prune, report, sensitivity, verify
 from .atomic import write_json, write_text
 from .bench.environment import library_versions
 from .context import Context, Progress, no_progress
@@ -28,12 +28,14 @@ from .rundir import RunDir
 from .targets import load_target
 
 STAGES: dict[str, Callable[[Context], Context]] = {
+    "sensitivity": sensitivity.run,
     "prune": prune.run,
     "distill": distill.run,
     "export": export.run,
     "verify": verify.run,
     "bench": bench.run,
     "report": report.run,
+    "gate": gate.run,
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -169,6 +171,17 @@ def _fingerprints(recipe, targets, plan, teacher, data) -> dict[str, str]:
 
     models = {"teacher": model_fingerprint(teacher), "data": data.fingerprint()}
     return {
+        "sensitivity": _fingerprint(
+            models,
+            per_layer(
+                "keep_ratio",
+                "sparsity",
+                "weight_bits",
+                "block_size",
+                "symmetric",
+                "activation_bits",
+            ),
+        ),
         "prune": _fingerprint(models, per_layer("keep_ratio", "sparsity")),
         "distill": _fingerprint(
             models,
@@ -182,7 +195,8 @@ def _fingerprints(recipe, targets, plan, teacher, data) -> dict[str, str]:
         "verify": _fingerprint(models, recipe.verify),
         # the CPU too: it decides facts ("cpu: detect") and whether a named CPU class runs here
         "bench": _fingerprint(models, recipe.bench, targets, sorted(detect_cpu().features)),
-        "report": _fingerprint(plan.to_dict()),
+        "report": _fingerprint(plan.to_dict(), recipe.plan),
+        "gate": _fingerprint(recipe.plan),
     }
 
 

@@ -266,6 +266,18 @@ def _check_recipe_values(recipe: Recipe) -> None:
         ("bench.min_runs", b.min_runs, b.min_runs >= 1, ">= 1"),
         ("bench.min_seconds", b.min_seconds, b.min_seconds >= 0, ">= 0"),
         ("bench.threads", b.threads, b.threads is None or b.threads >= 1, "null or >= 1"),
+        (
+            "plan.max_accuracy_drop",
+            recipe.plan.max_accuracy_drop,
+            0 <= recipe.plan.max_accuracy_drop <= 100,
+            "in [0, 100] points",
+        ),
+        (
+            "plan.latency_target",
+            recipe.plan.latency_target,
+            recipe.plan.latency_target is None or recipe.plan.latency_target > 0,
+            "null or > 0 (student p50 / teacher p50)",
+        ),
     ]
     blocks = [("quant.block_size", recipe.quant.block_size)] + [
         (f"quant.overrides[{i}].block_size", o.block_size)

@@ -64,6 +64,15 @@ class BenchRecipe:
 
 
 @dataclass
+class PlanRecipe:
+    """The budget the student must meet, or the run fails (the gate stage)."""
+
+    objective: Literal["size", "latency"] = "size"  # latency: slower than the teacher fails
+    max_accuracy_drop: float = 1.0  # points of top-1 accuracy (or agreement) below the teacher
+    latency_target: float | None = None  # student p50 / teacher p50 to reach on every runtime
+
+
+@dataclass
 class Recipe:
     name: str = "custom"
     description: str = ""
@@ -72,6 +81,7 @@ class Recipe:
     distill: DistillRecipe = field(default_factory=DistillRecipe)
     verify: VerifyRecipe = field(default_factory=VerifyRecipe)
     bench: BenchRecipe = field(default_factory=BenchRecipe)
+    plan: PlanRecipe = field(default_factory=PlanRecipe)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,7 +10,7 @@ from conftest import decode_weight
 
 from edgekd.cpu import detect_cpu
 
-STAGES = ["prune", "distill", "export", "verify", "bench", "report"]
+STAGES = ["sensitivity", "prune", "distill", "export", "verify", "bench", "report", "gate"]
 RESULT_KEYS = {
     "model", "runtime", "target", "precision", "batch", "latency_ms", "throughput_ips",
     "size_bytes", "accuracy", "agreement", "status", "reason",
@@ -133,3 +133,23 @@ def test_every_student_layer_ran_as_the_plan_said_on_this_cpu(demo_run):
     }
     assert report["mismatches"] == []
     assert "as planned" in result.stdout
+
+
+def test_each_planned_compression_is_measured_alone_before_training(demo_run):
+    report = _report(demo_run[0])
+    rows = report["sensitivity"]["layers"]
+    sparse = set(report["student"]["sparse_2of4_layers"])
+    assert {r["layer"] for r in rows if r["choice"] == "2:4"} == sparse
+    assert {r["layer"] for r in rows if r["choice"].startswith("W4")} == {
+        lp["name"] for lp in report["plan"]["layers"]
+    }
+    assert all(r["kl"] >= 0 and 0 <= r["agreement"] <= 1 for r in rows)
+    assert report["sensitivity"]["examples"] == 256
+
+
+def test_the_demo_meets_its_default_budget(demo_run):
+    run, result = demo_run
+    budget = _report(run)["budget"]
+    assert budget["passed"] and budget["objective"] == "size" and budget["latency"] == []
+    assert budget["accuracy"]["drop_pts"] <= 1.0
+    assert "budget" in result.stdout and "met" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..budget import judge
 from ..context import Context
 
 
@@ -15,7 +16,7 @@ def assemble(ctx: Context) -> dict[str, Any]:
     bench = ctx.read_json("bench", "bench.json")
     sizes = stages["export"]["metrics"]["onnx_size_bytes"]
     cfg = ctx.run.config
-    return {
+    report = {
         "edgekd": __version__,
         "run_dir": str(ctx.run.path),
         "config": cfg,
@@ -54,7 +55,11 @@ def assemble(ctx: Context) -> dict[str, Any]:
         "speedups": speedups(bench["results"]),
         "environment": {**bench["environment"], "runtimes": bench["runtimes"]},
         "stage_seconds": {name: rec.get("seconds") for name, rec in stages.items()},
+        "test_examples": verify["examples"],
+        "sensitivity": ctx.read_json("sensitivity", "sensitivity.json"),
     }
+    report["budget"] = judge(report, ctx.recipe.plan)
+    return report
 
 
 def speedups(results: list[dict]) -> list[dict]:

@@ -22,6 +22,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_table(["", "teacher", "student", "student vs teacher"], summary_rows(report)),
         "",
+        "## Budget",
+        "",
+        *_budget(report["budget"]),
+        "",
         "## Latency per runtime",
         "",
         "Teacher and student were timed interleaved on the same inputs in one run.",
@@ -83,6 +87,19 @@ def render_markdown(report: dict[str, Any]) -> str:
             [_verify_row(r) for r in report["verify"]],
         ),
         "",
+        "## Sensitivity: each layer's planned compression alone, before training",
+        "",
+        f"Applied to the teacher one layer at a time, compared with the teacher on "
+        f"{report['sensitivity']['examples']} {report['sensitivity']['split']} examples.",
+        "",
+        *_table(
+            ["layer", "choice", "top-1 agreement", "KL to teacher"],
+            [
+                (f"`{r['layer']}`", r["choice"], f"{r['agreement']:.2%}", f"{r['kl']:.2e}")
+                for r in report["sensitivity"]["layers"]
+            ],
+        ),
+        "",
         "## Plan: what each layer became, and how each runtime should run it (its target file)",
         "",
         *_plan(report["plan"], report["student"]["channels"]),
@@ -135,6 +152,40 @@ def _reality(report: dict[str, Any]) -> list[str]:
             for m in report["mismatches"]
         ],
     )  # fmt: skip
+
+
+def _budget(budget: dict[str, Any]) -> list[str]:
+    acc = budget["accuracy"]
+    lo, hi = acc["student_interval"]
+    lines = [
+        f"**{'Met' if budget['passed'] else 'Missed'}.** Objective: {budget['objective']}; "
+        f"accuracy may drop {budget['max_accuracy_drop']:g} pts"
+        + (
+            f"; student p50 at most {budget['latency_target']:g}x the teacher's on every runtime "
+            "and batch"
+            if budget["latency_target"]
+            else ""
+        )
+        + ".",
+        "",
+        f"- Accuracy: teacher {acc['teacher']:.2%}, student {acc['student']:.2%} (the worst of "
+        f"PyTorch and its exports; 95% interval {lo:.1%}–{hi:.1%} on {acc['examples']} test "
+        f"examples), a drop of {acc['drop_pts']:.2f} pts.",
+    ]
+    if not acc["enough_examples"]:
+        lines.append(
+            f"- The test split is too small to judge a {budget['max_accuracy_drop']:g}-pt budget: "
+            f"about {acc['examples_needed']} examples would be needed."
+        )
+    lines += [
+        f"- Latency on {r['target']}/{r['runtime']} at batch {r['batch']}: student p50 "
+        f"{r['student_over_teacher']:.2f}x the teacher's ({'ok' if r['ok'] else 'misses'})."
+        for r in budget["latency"]
+    ]
+    if not budget["latency_checked"]:
+        lines.append("- Latency not checked: no target runtime ran on this machine.")
+    lines += [f"- **{f}**" for f in budget["failures"]]
+    return lines
 
 
 def _precision(report: dict[str, Any]) -> list[str]:

@@ -42,6 +42,18 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             continue
         tl, sl = row["latency_ms"]["p50"], student["latency_ms"]["p50"]
         rows.append((label, f"{tl:.3f} ms", f"{sl:.3f} ms", _ratio(tl / sl, "faster", "slower")))
+    budget = report["budget"]
+    rows.append(
+        (
+            "budget",
+            "",
+            "met" if budget["passed"] else "MISSED",
+            "; ".join(budget["failures"])
+            or f"accuracy drop {budget['accuracy']['drop_pts']:.2f} <= "
+            f"{budget['max_accuracy_drop']:g} pts"
+            + (f", p50 <= {budget['latency_target']:g}x teacher" if budget["latency"] else ""),
+        )
+    )
     many = len(report["config"]["targets"]) > 1
     for where, by_model in report["inference_precision"].items():
         target, runtime = where.split("/")

@@ -1,0 +1,80 @@
+"""The user's budget, judged on what the run measured: accuracy kept and, when speed was asked
+for, latency against the teacher. A student that misses it never ends a run with ✓.
+
+Accuracy is top-1 accuracy on the test split, or top-1 agreement with the teacher where the data
+has no labels; the student's figure is the worst of the PyTorch student and its exports. Its
+95% Wilson interval says whether the test split is large enough to judge the budget at all.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+Z95 = 1.96
+
+
+def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``p`` observed on ``n`` examples."""
+    if n == 0:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def examples_needed(p: float, margin_pts: float, z: float = Z95) -> int:
+    """Test examples for a ±``margin_pts`` interval at accuracy ``p`` (at least p(1-p) = 1%)."""
+    variance = max(p * (1 - p), 0.01)
+    return math.ceil(variance * (z / (margin_pts / 100)) ** 2)
+
+
+def judge(report: dict[str, Any], plan: Any) -> dict[str, Any]:
+    """The budget verdict from an assembled report (``plan``: the recipe's ``plan`` section)."""
+    teacher = report["teacher"]["accuracy"]
+    exports = [
+        r["accuracy"] for r in report["verify"] if r["model"] == "student" and r["status"] == "ok"
+    ]
+    student = min([report["student"]["accuracy"], *exports])
+    n = report["test_examples"]
+    lo, hi = wilson(student, n)
+    drop = (teacher - student) * 100
+    accuracy = {
+        "teacher": teacher,
+        "student": student,
+        "drop_pts": drop,
+        "examples": n,
+        "student_interval": [lo, hi],
+        "enough_examples": (hi - lo) * 100 / 2 <= plan.max_accuracy_drop,
+        "examples_needed": examples_needed(student, plan.max_accuracy_drop),
+    }
+    failures = []
+    if drop > plan.max_accuracy_drop:
+        failures.append(
+            f"accuracy {student:.2%} is {drop:.2f} pts below the teacher's {teacher:.2%} "
+            f"(budget {plan.max_accuracy_drop:g} pts)"
+        )
+    ratio = plan.latency_target or (1.0 if plan.objective == "latency" else None)
+    latency = []
+    if ratio is not None:
+        for s in report["speedups"]:
+            measured = 1 / s["speedup_p50"]  # student p50 / teacher p50
+            latency.append({**s, "student_over_teacher": measured, "ok": measured <= ratio})
+        slow = [row for row in latency if not row["ok"]]
+        if slow:
+            worst = max(slow, key=lambda row: row["student_over_teacher"])
+            failures.append(
+                f"student p50 is {worst['student_over_teacher']:.2f}x the teacher's on "
+                f"{worst['target']}/{worst['runtime']} at batch {worst['batch']} (budget "
+                f"{ratio:g}x; {len(slow)} of {len(latency)} runtime/batch pairs miss it)"
+            )
+    return {
+        "objective": plan.objective,
+        "max_accuracy_drop": plan.max_accuracy_drop,
+        "latency_target": ratio,
+        "accuracy": accuracy,
+        "latency": latency,
+        "latency_checked": ratio is None or bool(latency),
+        "failures": failures,
+        "passed": not failures,
+    }

@@ -1,0 +1,145 @@
+"""Stage 1, sensitivity: what each layer's planned compression costs alone, before any training.
+
+For every layer the plan compresses, each part of its choice (channels removed, 2:4 mask, low-bit
+weights, int8 input activations) and the whole choice are applied to the teacher, that layer only,
+and the result is compared with the teacher on calibration inputs (the validation split): top-1
+agreement and KL divergence. The report shows it per layer and the gate names the layers that
+hurt most when a student misses its accuracy budget.
+
+Channels are removed by the same Torch-Pruning call the prune stage makes; weights are quantized
+after BatchNorm folding, as distillation trains them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import write_json
+from ..context import Context
+from ..evaluate import predict, torch_fn
+from ..plan import LayerPlan, Plan
+from ..prune.sparsity import apply_2of4
+from ..prune.structured import prune_channels
+from ..quant import WeightFormat, fold_batchnorm, quantize_weight
+
+CALIBRATION = 256  # inputs: enough to rank layers, few enough to profile a CNN in minutes
+
+
+def run(ctx: Context) -> Context:
+    x = (ctx.data.val.x if len(ctx.data.val) else ctx.data.train.x)[:CALIBRATION]
+    reference = predict(torch_fn(ctx.teacher), x)
+    rows = []
+    for lp in ctx.plan.layers:
+        for choice, parts in _choices(lp):
+            model = _apply(ctx.teacher, ctx.plan, lp, parts, ctx.example, x)
+            rows.append(
+                {
+                    "layer": lp.name,
+                    "choice": choice,
+                    **damage(predict(torch_fn(model), x), reference),
+                }
+            )
+    write_json(
+        ctx.out("sensitivity.json"),
+        {"examples": len(x), "split": "val" if len(ctx.data.val) else "train", "layers": rows},
+    )
+    worst = sorted((r for r in rows if r["choice"] != "planned"), key=lambda r: -r["kl"])[:3]
+    ctx.metrics.update(
+        examples=len(x), most_sensitive=[f"{r['layer']} {r['choice']}" for r in worst]
+    )
+    if worst:
+        ctx.log(
+            "  most damaging alone: "
+            + ", ".join(
+                f"{r['layer']} {r['choice']} (agreement {r['agreement']:.1%})" for r in worst
+            )
+        )
+    return ctx
+
+
+def damage(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Top-1 agreement with the reference and mean KL(reference || logits), at temperature 1."""
+    ref = torch.log_softmax(torch.from_numpy(reference), 1)
+    got = torch.log_softmax(torch.from_numpy(logits), 1)
+    kl = (ref.exp() * (ref - got)).sum(1).mean()
+    return {
+        "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+        "kl": max(float(kl), 0.0),
+    }
+
+
+def _choices(lp: LayerPlan) -> Iterator[tuple[str, set[str]]]:
+    """Each part of the layer's planned choice alone, then all of them together."""
+    parts = {
+        "channels": lp.keep_ratio < 1.0,
+        "2:4": lp.sparsity == "2:4",
+        "weights": lp.weight_bits is not None,
+        "activations": lp.activation_bits is not None,
+    }
+    chosen = {name for name, on in parts.items() if on}
+    labels = {
+        "channels": f"keep {lp.keep_ratio:g}",
+        "2:4": "2:4",
+        "weights": f"W{lp.weight_bits} "
+        + (f"block {lp.block_size}" if lp.block_size else "per-channel")
+        + (" sym" if lp.symmetric else " asym"),
+        "activations": f"A{lp.activation_bits}",
+    }
+    for name in sorted(chosen, key=list(parts).index):
+        yield labels[name], {name}
+    if len(chosen) > 1:
+        yield "planned", chosen
+
+
+def _apply(
+    teacher: nn.Module, plan: Plan, lp: LayerPlan, parts: set[str], example, x: np.ndarray
+) -> nn.Module:
+    """A copy of the teacher with ``parts`` of ``lp``'s choice applied to that layer alone
+    (no ``torch.no_grad`` here: Torch-Pruning traces its dependency graph through autograd)."""
+    model = copy.deepcopy(teacher).eval()
+    if "channels" in parts:
+        alone = Plan(
+            layers=[
+                dataclasses.replace(other, keep_ratio=other.keep_ratio if other is lp else 1.0)
+                for other in plan.layers
+            ],
+            targets=plan.targets,
+            adjustments=[],
+        )
+        prune_channels(model, alone, example)
+    layer = model.get_submodule(lp.name)
+    if "2:4" in parts:
+        apply_2of4(layer)
+    if "weights" in parts:
+        model = fold_batchnorm(model, example)  # Torch-Pruning's graph, as prune: needs autograd
+        layer = model.get_submodule(lp.name)
+        fmt = WeightFormat(lp.weight_bits, lp.symmetric, lp.block_size)
+        with torch.no_grad():
+            layer.weight.copy_(quantize_weight(layer.weight, fmt).dequantize())
+    if "activations" in parts:
+        _quantize_input(model, layer, x)
+    return model
+
+
+def _quantize_input(model: nn.Module, layer: nn.Module, x: np.ndarray) -> None:
+    """Per-tensor asymmetric int8 on the layer's input, with min/max from the calibration data."""
+    seen = []
+    hook = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    predict(torch_fn(model), x)
+    hook.remove()
+    lo = min(0.0, *(float(t.min()) for t in seen))
+    hi = max(0.0, *(float(t.max()) for t in seen))
+    scale = (hi - lo) / 255 or 1.0
+    zero = int(np.clip(round(-128 - lo / scale), -128, 127))
+    layer.register_forward_pre_hook(
+        lambda _m, args: (
+            torch.fake_quantize_per_tensor_affine(args[0], scale, zero, -128, 127),
+            *args[1:],
+        )
+    )
