@@ -13,6 +13,7 @@ from edgekd.quant import (
     WeightFormat,
     fake_quantize_weight,
     fold_batchnorm,
+    make_quant,
     quantize_weight,
 )
 
@@ -102,3 +103,29 @@ def test_symmetric_activation_quant_has_zero_point_zero():
     act(torch.tensor([-1.0, 3.0]))
     scale, zp = act.qparams()
     assert zp == 0 and scale == pytest.approx(3.0 / 127)
+
+
+class PaddedConv(torch.nn.Conv2d):
+    """A Conv2d subclass with its own forward, as EfficientNet's static 'same' padding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.pad(x, (1, 1, 1, 1))
+        return torch.nn.functional.conv2d(x, self.weight, self.bias)
+
+
+def test_a_conv_subclass_keeps_its_own_forward_with_quantized_weights():
+    torch.manual_seed(0)
+    conv = PaddedConv(4, 8, 3)
+    fmt = WeightFormat(4, False, None)
+    x = torch.randn(2, 4, 6, 6)
+    make_quant(conv, fmt, activations=False)
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (1, 1, 1, 1)),
+        quantize_weight(conv.weight, fmt).dequantize(),
+        conv.bias,
+    )
+    assert isinstance(conv, PaddedConv) and conv.plain_class is PaddedConv
+    torch.testing.assert_close(conv(x), expected)
+    assert set(conv.state_dict()) == {"weight", "bias"}  # same keys as the float layer
+    conv(x).sum().backward()  # the straight-through gradient reaches the real parameter
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0

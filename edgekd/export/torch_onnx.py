@@ -15,7 +15,6 @@ from torch import nn
 
 from ..errors import StageError
 from ..quant import QuantLayer
-from ..quant.modules import QUANT_CLASS
 from .lowbit import OPSET, QuantizedTensor, quantize_activations, quantize_weights
 
 
@@ -48,7 +47,6 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     plain = copy.deepcopy(student).eval()
     weights: dict[str, QuantizedTensor] = {}
     activations: dict[str, tuple[float, int]] = {}
-    plain_class = {q: p for p, q in QUANT_CLASS.items()}
     for name, module in plain.named_modules():
         if not isinstance(module, QuantLayer):
             continue
@@ -58,7 +56,7 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
             activations[name] = module.act_quant.qparams()
         with torch.no_grad():
             module.weight.copy_(qw.dequantize())
-        module.__class__ = plain_class[type(module)]  # the float twin: same weights, no fake quant
+        module.__class__ = module.plain_class  # the float twin: same weights, no fake quant
         del module.act_quant
     model = quantize_weights(export_float(plain, example), weights)
     return quantize_activations(

@@ -16,6 +16,7 @@ __all__ = [
     "WeightFormat",
     "fake_quantize_weight",
     "fold_batchnorm",
+    "make_quant",
     "prepare_qat",
     "quantize_weight",
 ]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn.utils.stateless import _reparametrize_module
 
 from .fake import WeightFormat, fake_quantize_weight, quantize_weight
 
@@ -57,6 +58,7 @@ class QuantLayer:
     weight: nn.Parameter
     weight_format: WeightFormat
     act_quant: ActQuant | None
+    plain_class: type  # the float layer class this twin was made from
 
     def quantized_weight(self) -> torch.Tensor:
         return fake_quantize_weight(self.weight, self.weight_format)
@@ -67,32 +69,23 @@ class QuantLayer:
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.act_quant is None else self.act_quant(x)
 
-
-class _QuantConv(QuantLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
+        weight = self.quantized_weight()
+        with _reparametrize_module(self, {"weight": weight}):
+            return self.plain_class.forward(self, self.quant_input(x))
 
 
-class QuantConv1d(_QuantConv, nn.Conv1d):
-    pass
-
-
-class QuantConv2d(_QuantConv, nn.Conv2d):
-    pass
-
-
-class QuantLinear(QuantLayer, nn.Linear):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quant_input(x), self.quantized_weight(), self.bias)
-
-
-QUANT_CLASS = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+@functools.cache
+def quant_class(plain: type) -> type:
+    """The fake-quant twin of a Conv/Linear class, subclasses included (e.g. a conv with its own
+    padding in ``forward``): the plain class's own forward runs, seeing the quantized weight."""
+    return type(f"Quant{plain.__name__}", (QuantLayer, plain), {"plain_class": plain})
 
 
 def make_quant(
     module: nn.Module, fmt: WeightFormat, activations: bool, symmetric_activations: bool = False
 ) -> None:
     """Turn a plain layer into its quantized twin in place (same parameters, same state-dict keys)."""
-    module.__class__ = QUANT_CLASS[type(module)]
+    module.__class__ = quant_class(type(module))
     module.weight_format = fmt
     module.act_quant = ActQuant(symmetric_activations) if activations else None

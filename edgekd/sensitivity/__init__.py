@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -28,26 +29,39 @@ from ..prune.sparsity import apply_2of4
 from ..prune.structured import prune_channels
 from ..quant import WeightFormat, fold_batchnorm, quantize_weight
 
-CALIBRATION = 256  # inputs: enough to rank layers, few enough to profile a CNN in minutes
+CALIBRATION = 256  # inputs at most: enough to rank layers
+MIN_CALIBRATION = 16  # inputs at least, whatever the time
+SECONDS = 120.0  # the time the measurements should take; fewer inputs for large models
 
 
 def run(ctx: Context) -> Context:
     x = (ctx.data.val.x if len(ctx.data.val) else ctx.data.train.x)[:CALIBRATION]
+    began = time.perf_counter()
     reference = predict(torch_fn(ctx.teacher), x)
+    per_input = (time.perf_counter() - began) / len(x)
+    choices = [(lp, choice, parts) for lp in ctx.plan.layers for choice, parts in _choices(lp)]
+    n = int(min(len(x), max(MIN_CALIBRATION, SECONDS / (per_input * max(len(choices), 1)))))
+    x, reference = x[:n], reference[:n]
+    folded = fold_batchnorm(copy.deepcopy(ctx.teacher).eval(), ctx.example)  # once: slow on CNNs
+    ranges = _input_ranges(folded, [lp.name for lp in ctx.plan.layers], x)
     rows = []
-    for lp in ctx.plan.layers:
-        for choice, parts in _choices(lp):
-            model = _apply(ctx.teacher, ctx.plan, lp, parts, ctx.example, x)
-            rows.append(
-                {
-                    "layer": lp.name,
-                    "choice": choice,
-                    **damage(predict(torch_fn(model), x), reference),
-                }
-            )
+    for lp, choice, parts in choices:
+        model = _apply(ctx.teacher, folded, ctx.plan, lp, parts, ctx.example, ranges)
+        rows.append(
+            {
+                "layer": lp.name,
+                "choice": choice,
+                **damage(predict(torch_fn(model), x), reference),
+            }
+        )
     write_json(
         ctx.out("sensitivity.json"),
-        {"examples": len(x), "split": "val" if len(ctx.data.val) else "train", "layers": rows},
+        {
+            "examples": len(x),
+            "split": "val" if len(ctx.data.val) else "train",
+            "seconds_per_input": per_input,
+            "layers": rows,
+        },
     )
     worst = sorted((r for r in rows if r["choice"] != "planned"), key=lambda r: -r["kl"])[:3]
     ctx.metrics.update(
@@ -98,12 +112,24 @@ def _choices(lp: LayerPlan) -> Iterator[tuple[str, set[str]]]:
 
 
 def _apply(
-    teacher: nn.Module, plan: Plan, lp: LayerPlan, parts: set[str], example, x: np.ndarray
+    teacher: nn.Module,
+    folded: nn.Module,
+    plan: Plan,
+    lp: LayerPlan,
+    parts: set[str],
+    example,
+    ranges: dict[str, tuple[float, float]],
 ) -> nn.Module:
     """A copy of the teacher with ``parts`` of ``lp``'s choice applied to that layer alone
-    (no ``torch.no_grad`` here: Torch-Pruning traces its dependency graph through autograd)."""
-    model = copy.deepcopy(teacher).eval()
-    if "channels" in parts:
+    (no ``torch.no_grad`` here: Torch-Pruning traces its dependency graph through autograd).
+
+    ``folded``: the teacher with BatchNorm folded, which computes the same function. A 2:4 mask
+    is the same on folded weights: folding scales whole output channels, and each group of 4
+    lies within one."""
+    if "channels" not in parts:
+        model = copy.deepcopy(folded)
+    else:
+        model = copy.deepcopy(teacher).eval()
         alone = Plan(
             layers=[
                 dataclasses.replace(other, keep_ratio=other.keep_ratio if other is lp else 1.0)
@@ -113,28 +139,41 @@ def _apply(
             adjustments=[],
         )
         prune_channels(model, alone, example)
+        model = fold_batchnorm(model, example)
     layer = model.get_submodule(lp.name)
     if "2:4" in parts:
         apply_2of4(layer)
     if "weights" in parts:
-        model = fold_batchnorm(model, example)  # Torch-Pruning's graph, as prune: needs autograd
-        layer = model.get_submodule(lp.name)
         fmt = WeightFormat(lp.weight_bits, lp.symmetric, lp.block_size)
         with torch.no_grad():
             layer.weight.copy_(quantize_weight(layer.weight, fmt).dequantize())
     if "activations" in parts:
-        _quantize_input(model, layer, x)
+        _quantize_input(layer, *ranges[lp.name])
     return model
 
 
-def _quantize_input(model: nn.Module, layer: nn.Module, x: np.ndarray) -> None:
-    """Per-tensor asymmetric int8 on the layer's input, with min/max from the calibration data."""
-    seen = []
-    hook = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+def _input_ranges(model: nn.Module, layers: list[str], x: np.ndarray) -> dict[str, tuple]:
+    """Each layer's input min/max over the calibration data (0 included), in one forward pass."""
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def record(name: str, t: torch.Tensor) -> None:
+        lo, hi = ranges.get(name, (0.0, 0.0))
+        ranges[name] = (min(lo, float(t.min())), max(hi, float(t.max())))
+
+    hooks = [
+        model.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args, name=name: record(name, args[0])
+        )
+        for name in layers
+    ]
     predict(torch_fn(model), x)
-    hook.remove()
-    lo = min(0.0, *(float(t.min()) for t in seen))
-    hi = max(0.0, *(float(t.max()) for t in seen))
+    for hook in hooks:
+        hook.remove()
+    return ranges
+
+
+def _quantize_input(layer: nn.Module, lo: float, hi: float) -> None:
+    """Per-tensor asymmetric int8 on the layer's input, over the calibrated range."""
     scale = (hi - lo) / 255 or 1.0
     zero = int(np.clip(round(-128 - lo / scale), -128, 127))
     layer.register_forward_pre_hook(
