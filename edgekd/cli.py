@@ -25,7 +25,7 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
 err = Console(stderr=True, highlight=False)
 
 STAGE_NAMES = (
-    "sensitivity", "prune", "distill", "export", "verify", "bench", "report", "gate"
+    "sensitivity", "latency", "prune", "distill", "export", "verify", "bench", "report", "gate"
 )  # fmt: skip
 
 

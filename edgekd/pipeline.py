@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import bench, distill, export, gate, prune, report, sensitivity, verify
+from . import bench, distill, export, gate, latency, prune, report, sensitivity, verify
 from .atomic import write_json, write_text
 from .bench.environment import library_versions
 from .context import Context, Progress, no_progress
@@ -29,6 +29,7 @@ from .targets import load_target
 
 STAGES: dict[str, Callable[[Context], Context]] = {
     "sensitivity": sensitivity.run,
+    "latency": latency.run,
     "prune": prune.run,
     "distill": distill.run,
     "export": export.run,
@@ -181,6 +182,14 @@ def _fingerprints(recipe, targets, plan, teacher, data) -> dict[str, str]:
                 "symmetric",
                 "activation_bits",
             ),
+        ),
+        "latency": _fingerprint(
+            models,
+            per_layer("weight_bits", "block_size", "symmetric", "activation_bits"),
+            recipe.bench.batches,  # not the bench's timing settings: the layers are timed alone
+            recipe.bench.threads,
+            targets,
+            sorted(detect_cpu().features),
         ),
         "prune": _fingerprint(models, per_layer("keep_ratio", "sparsity")),
         "distill": _fingerprint(

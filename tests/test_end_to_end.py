@@ -10,7 +10,17 @@ from conftest import decode_weight
 
 from edgekd.cpu import detect_cpu
 
-STAGES = ["sensitivity", "prune", "distill", "export", "verify", "bench", "report", "gate"]
+STAGES = [
+    "sensitivity",
+    "latency",
+    "prune",
+    "distill",
+    "export",
+    "verify",
+    "bench",
+    "report",
+    "gate",
+]
 RESULT_KEYS = {
     "model", "runtime", "target", "precision", "batch", "latency_ms", "throughput_ips",
     "size_bytes", "accuracy", "agreement", "status", "reason",

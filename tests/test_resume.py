@@ -17,7 +17,7 @@ def test_resume_after_completed_run_reruns_nothing(demo_run, tmp_path):
     result = edgekd("compress", "--out", str(run), "--resume")
     assert result.returncode == 0, result.stderr
     assert _stages(run) == before
-    assert result.stdout.count("up to date, skipped") == 8
+    assert result.stdout.count("up to date, skipped") == 9
 
 
 def test_resume_after_deleting_export_reruns_export_and_later_only(demo_run, tmp_path):

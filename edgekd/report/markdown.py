@@ -46,6 +46,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             [_latency_row(r) for r in report["results"]],
         ),
         "",
+        "## Predicted vs measured latency",
+        "",
+        "Each compressible layer alone, float vs the plan's choice, timed on the runtime (summed),",
+        "beside the student/teacher ratio bench measured for the whole model.",
+        "",
+        *_prediction(report["latency_prediction"]),
+        "",
         "## What each runtime really executed",
         "",
         "Read from each runtime's compiled graph (ONNX Runtime's optimized model, OpenVINO's runtime",
@@ -124,6 +131,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _prediction(rows: list[dict[str, Any]]) -> list[str]:
+    header = ["target/runtime batch", "layers float ms", "layers planned ms", "predicted ratio",
+              "measured ratio"]  # fmt: skip
+    table = []
+    for p in rows:
+        measured = p["measured_student_over_teacher"]
+        table.append(
+            (p["where"], f"{p['float_ms']:.3f}", f"{p['planned_ms']:.3f}",
+             f"{p['planned_over_float']:.2f}x", f"{measured:.2f}x" if measured else "–")
+        )  # fmt: skip
+    return _table(header, table)
 
 
 def _reality(report: dict[str, Any]) -> list[str]:
