@@ -38,6 +38,9 @@ class RuntimeSupport:
     weight_bits_by_op: dict[str, tuple[int, ...]] = field(default_factory=dict)  # narrower per op
     symmetric_only: bool = False  # zero points must be 0 (weights and activations)
     inference_precision: str = "f32"  # what the runtime computes float layers in by default
+    # ops whose low-bit kernel the runtime forms only with int8 inputs / only with float inputs
+    needs_int8_activations: tuple[str, ...] = ()
+    needs_float_activations: tuple[str, ...] = ()
 
     def loads(self, op: str) -> tuple[int, ...]:
         """Weight bits this runtime loads for an op type."""
@@ -47,9 +50,14 @@ class RuntimeSupport:
         """``int8``, ``int4`` or ``float``: the kind of kernel a layer runs as, comparable with
         what a runtime reports it executed (``Session.layer_kernels``).
 
-        Integer convolutions need integer activations: with float ones, every runtime
-        dequantizes int8 conv weights (measured by benchmarks/cpu_kernels.py)."""
-        if bits is None or (op == "Conv" and activation_bits is None):
+        Some kernels exist only for one activation precision (measured by
+        benchmarks/cpu_kernels.py): integer convolutions need int8 inputs everywhere, and ONNX
+        Runtime fuses low-bit MatMul weights into MatMulNBits only behind float inputs."""
+        if bits is None:
+            return "float"
+        if op in self.needs_int8_activations and activation_bits is None:
+            return "float"
+        if op in self.needs_float_activations and activation_bits is not None:
             return "float"
         storage = _storage(bits)
         return f"int{storage}" if storage in self.lowbit_kernels.get(op, ()) else "float"
@@ -224,6 +232,8 @@ def _runtimes(entries: dict[str, Any], features: frozenset[str], spec: str) -> t
                 weight_bits_by_op=per_op("weight_bits_by_op"),
                 symmetric_only=bool(rt.get("symmetric_only", False)),
                 inference_precision=str(rt.get("inference_precision", "f32")),
+                needs_int8_activations=tuple(rt.get("needs_int8_activations") or ()),
+                needs_float_activations=tuple(rt.get("needs_float_activations") or ()),
             )
         )
     return tuple(runtimes)

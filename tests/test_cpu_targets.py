@@ -159,3 +159,21 @@ def test_int8_conv_weights_with_float_activations_are_planned_as_float(tiny, exa
     assert conv.kernels["x86-cpu-vnni/openvino"] == "float"
     assert conv.runs_as["x86-cpu-vnni/onnxruntime"] == "int8 weights dequantized to float"
     assert fc.kernels["x86-cpu-vnni/openvino"] == "int8"  # weight-only FullyConnected
+
+
+def test_onnxruntime_matmul_kernels_are_planned_only_behind_float_inputs():
+    import torch
+    from torch import nn
+
+    tokens = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    example = torch.rand(2, 5, 32)
+    target = [load_target("x86-cpu-vnni")]
+    a8 = resolve_plan(load_recipe("default", ["prune.sparsity=none"]), target, tokens, example)
+    a32 = resolve_plan(
+        load_recipe("default", ["prune.sparsity=none", "quant.activation_bits=32"]),
+        target, tokens, example,
+    )  # fmt: skip
+    ort, ov = "x86-cpu-vnni/onnxruntime", "x86-cpu-vnni/openvino"
+    assert a8.layer("0").op == "MatMul"
+    assert (a8.layer("0").kernels[ort], a32.layer("0").kernels[ort]) == ("float", "int4")
+    assert a8.layer("0").kernels[ov] == a32.layer("0").kernels[ov] == "int4"

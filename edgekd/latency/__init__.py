@@ -25,6 +25,7 @@ from ..atomic import write_json
 from ..bench.timing import measure_interleaved
 from ..context import Context
 from ..cpu import detect_cpu
+from ..errors import StageError
 from ..models.demo import cache_dir
 from ..plan import LayerPlan
 from ..runtimes import get_runtime
@@ -50,7 +51,12 @@ def run(ctx: Context) -> Context:
                     shape = replace(
                         shapes[lp.name], input_shape=(batch, *shapes[lp.name].input_shape[1:])
                     )
-                    times = _timed(runtime, version, shape, _choice(lp), cfg.threads)
+                    try:
+                        times = _timed(runtime, version, shape, _choice(lp), cfg.threads)
+                    except StageError as exc:  # the runtime rejects this layer's form
+                        times = {"choice": _choice(lp).label, "float_ms": None,
+                                 "planned_ms": None, "kernel": None, "error": exc.message}  # fmt: skip
+                        ctx.log(f"  {target.name}/{rt.name} {lp.name}: not timed ({exc.message})")
                     rows.append(
                         {"target": target.name, "runtime": rt.name, "batch": batch,
                          "layer": lp.name, **times}
@@ -69,6 +75,8 @@ def predicted(rows: list[dict]) -> dict[str, dict[str, float]]:
     """``target/runtime b<batch>`` -> summed layer times, float and planned, and their ratio."""
     totals: dict[str, dict[str, float]] = {}
     for r in rows:
+        if r["planned_ms"] is None:
+            continue
         t = totals.setdefault(
             f"{r['target']}/{r['runtime']} b{r['batch']}", {"float_ms": 0.0, "planned_ms": 0.0}
         )
