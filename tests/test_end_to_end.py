@@ -163,3 +163,12 @@ def test_the_demo_meets_its_default_budget(demo_run):
     assert budget["passed"] and budget["objective"] == "size" and budget["latency"] == []
     assert budget["accuracy"]["drop_pts"] <= 1.0
     assert "budget" in result.stdout and "met" in result.stdout
+
+
+def test_the_calibrated_student_before_training_is_a_candidate_distillation_must_beat(demo_run):
+    distill = _report(demo_run[0])["student"]["distill"]
+    assert distill["history"][0] == {
+        "epoch": 0, "loss": None, "val_accuracy": distill["val_accuracy_before_training"]
+    }  # fmt: skip
+    assert distill["best_val_accuracy"] >= distill["val_accuracy_before_training"]
+    assert 0 <= distill["best_epoch"] <= distill["epochs"]

@@ -14,6 +14,7 @@ from ..data import DataSplits
 from ..errors import StageError
 from ..evaluate import accuracy, predict, torch_fn
 from ..prune.sparsity import reapply_masks
+from ..quant import ActQuant
 from ..recipe import DistillRecipe
 from .losses import kd_loss
 
@@ -26,7 +27,11 @@ def distill(
     log: Callable[[str], None],
     progress: Progress = no_progress,
 ) -> dict:
-    """Train in place; keep the weights of the epoch with the best validation accuracy."""
+    """Train in place; keep the weights of the epoch with the best validation accuracy.
+
+    Epoch 0 is the quantized student before any training, its activation ranges calibrated on
+    the training data (post-training quantization): a candidate like every epoch, so
+    distillation can only keep or improve on it."""
     torch.manual_seed(cfg.seed)
     x = torch.from_numpy(data.train.x)
     y = None if data.train.y is None else torch.from_numpy(data.train.y)
@@ -39,8 +44,11 @@ def distill(
         opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    best: tuple[float, dict | None] = (-1.0, None)
-    history = []
+    calibrate(student, data.train.x, cfg.batch_size)
+    val_acc = accuracy(predict(torch_fn(student), data.val.x), data.val, teacher_val)
+    best: tuple[float, dict | None] = (val_acc, copy.deepcopy(student.state_dict()))
+    history = [{"epoch": 0, "loss": None, "val_accuracy": val_acc}]
+    log(f"  epoch   0/{cfg.epochs}  calibrated, before training  val {val_acc:.1%}")
     with progress("distill", cfg.epochs * steps_per_epoch) as advance:
         for epoch in range(1, cfg.epochs + 1):
             student.train()
@@ -74,4 +82,21 @@ def distill(
                 )
     student.load_state_dict(best[1])
     student.eval()
-    return {"epochs": cfg.epochs, "best_val_accuracy": best[0], "history": history}
+    best_epoch = max(h["epoch"] for h in history if h["val_accuracy"] == best[0])
+    return {
+        "epochs": cfg.epochs,
+        "best_val_accuracy": best[0],
+        "best_epoch": best_epoch,
+        "val_accuracy_before_training": history[0]["val_accuracy"],
+        "history": history,
+    }
+
+
+@torch.no_grad()
+def calibrate(student: nn.Module, x: np.ndarray, batch_size: int) -> None:
+    """One pass over ``x`` with only the activation observers in training mode."""
+    for module in student.modules():
+        module.train(isinstance(module, ActQuant))
+    for start in range(0, len(x), batch_size):
+        student(torch.from_numpy(x[start : start + batch_size]))
+    student.eval()

@@ -41,7 +41,16 @@ def assemble(ctx: Context) -> dict[str, Any]:
             "precision": _precision(bench),
             "sparse_2of4_layers": prune["sparse_2of4_layers"],
             "channels": prune["channels"],  # layer -> [teacher, student] output channels
-            "distill": {k: distill[k] for k in ("epochs", "best_val_accuracy", "history")},
+            "distill": {
+                k: distill[k]
+                for k in (
+                    "epochs",
+                    "best_val_accuracy",
+                    "best_epoch",
+                    "val_accuracy_before_training",
+                    "history",
+                )
+            },
         },
         "plan": ctx.plan.to_dict(),
         "verify": verify["results"],
