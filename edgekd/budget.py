@@ -55,6 +55,9 @@ def judge(report: dict[str, Any], plan: Any) -> dict[str, Any]:
             f"(budget {plan.max_accuracy_drop:g} pts)"
         )
     ratio = plan.latency_target or (1.0 if plan.objective == "latency" else None)
+    unchecked = sorted(
+        {f"{r['target']}/{r['runtime']}" for r in report["results"] if r["status"] != "ok"}
+    )
     latency = []
     if ratio is not None:
         for s in report["speedups"]:
@@ -75,6 +78,7 @@ def judge(report: dict[str, Any], plan: Any) -> dict[str, Any]:
         "accuracy": accuracy,
         "latency": latency,
         "latency_checked": ratio is None or bool(latency),
+        "latency_unchecked": unchecked if ratio is not None else [],  # runtimes not run here
         "failures": failures,
         "passed": not failures,
     }

@@ -38,6 +38,19 @@ STAGES: dict[str, Callable[[Context], Context]] = {
     "report": report.run,
     "gate": gate.run,
 }
+# The earlier stages whose outputs each stage reads: a stage re-runs when its own settings or
+# one of these changed, and only then, so re-timing never re-trains.
+READS: dict[str, tuple[str, ...]] = {
+    "sensitivity": (),
+    "latency": (),
+    "prune": (),
+    "distill": ("prune",),
+    "export": ("distill",),
+    "verify": ("distill", "export"),
+    "bench": ("export", "verify"),
+    "report": ("sensitivity", "latency", "prune", "distill", "export", "verify", "bench"),
+    "gate": ("sensitivity", "report"),
+}
 
 DEFAULTS: dict[str, Any] = {
     "teacher": "demo",
@@ -80,14 +93,14 @@ def compress(
     run = RunDir.create(out_dir, config, resume)
     ctx = _context(run, parts, log, progress)
     run.save()
-    upstream_ran = False
+    ran: set[str] = set()
     for name, stage in STAGES.items():
         inputs = _inputs(ctx, name)
-        if not upstream_ran and run.is_current(name, inputs):
+        if not ran & set(READS[name]) and run.is_current(name, inputs):
             log(f"- {name}: up to date, skipped")
             continue
         _run_stage(ctx, name, stage, inputs)
-        upstream_ran = True
+        ran.add(name)
     return run.path
 
 
@@ -97,17 +110,21 @@ def run_one(
     log: Callable[[str], None] = print,
     progress: Progress = no_progress,
 ) -> Path:
-    """Re-run one stage of an existing run; the stages after it are marked stale in the manifest."""
+    """Re-run one stage of an existing run; the stages that read it, directly or through
+    others, are marked stale in the manifest."""
     run = RunDir.open(Path(run_dir))
     ctx = _context(run, _load(run.config, log), log, progress)
-    order = list(STAGES)
-    for before in order[: order.index(name)]:
+    for before in READS[name]:
         if run.stage(before).get("status") != "done":
             raise StageError(
                 f"stage '{name}' needs '{before}' done first; run 'edgekd {before} {run.path}'"
             )
     _run_stage(ctx, name, STAGES[name], _inputs(ctx, name))
-    run.mark_stale(order[order.index(name) + 1 :], name)
+    stale = {name}
+    for later in STAGES:  # in order, so readers of readers are found too
+        if stale & set(READS[later]):
+            stale.add(later)
+    run.mark_stale([s for s in STAGES if s in stale and s != name], name)
     return run.path
 
 
@@ -210,10 +227,9 @@ def _fingerprints(recipe, targets, plan, teacher, data) -> dict[str, str]:
 
 
 def _inputs(ctx: Context, name: str) -> dict[str, str]:
-    """A stage depends on its own settings and on every earlier stage's outputs."""
-    order = list(STAGES)
+    """A stage depends on its own settings and on the outputs of the stages it reads."""
     inputs = {"config": ctx.run.manifest["fingerprints"][name]}
-    for before in order[: order.index(name)]:
+    for before in READS[name]:
         inputs[before] = hashlib.sha256(ctx.run.outputs_digest(before).encode()).hexdigest()
     return inputs
 

@@ -269,8 +269,8 @@ def _check_recipe_values(recipe: Recipe) -> None:
         (
             "plan.max_accuracy_drop",
             recipe.plan.max_accuracy_drop,
-            0 <= recipe.plan.max_accuracy_drop <= 100,
-            "in [0, 100] points",
+            0 < recipe.plan.max_accuracy_drop <= 100,
+            "in (0, 100] points",
         ),
         (
             "plan.latency_target",

@@ -39,7 +39,7 @@ class RuntimeSupport:
     symmetric_only: bool = False  # zero points must be 0 (weights and activations)
     inference_precision: str = "f32"  # what the runtime computes float layers in by default
     # ops whose low-bit kernel the runtime forms only with int8 inputs / only with float inputs
-    needs_int8_activations: tuple[str, ...] = ()
+    needs_int8_activations: tuple[str, ...] = ("Conv",)
     needs_float_activations: tuple[str, ...] = ()
 
     def loads(self, op: str) -> tuple[int, ...]:
@@ -232,7 +232,7 @@ def _runtimes(entries: dict[str, Any], features: frozenset[str], spec: str) -> t
                 weight_bits_by_op=per_op("weight_bits_by_op"),
                 symmetric_only=bool(rt.get("symmetric_only", False)),
                 inference_precision=str(rt.get("inference_precision", "f32")),
-                needs_int8_activations=tuple(rt.get("needs_int8_activations") or ()),
+                needs_int8_activations=tuple(rt.get("needs_int8_activations", ["Conv"])),
                 needs_float_activations=tuple(rt.get("needs_float_activations") or ()),
             )
         )

@@ -34,6 +34,7 @@ def _report(teacher=0.98, student=0.97, speedups=(2.0, 0.5), examples=1000):
         "student": {"accuracy": student},
         "verify": [{"model": "student", "status": "ok", "accuracy": student - 0.01}],
         "test_examples": examples,
+        "results": [{"target": "jetson-orin", "runtime": "tensorrt", "status": "skipped"}],
         "speedups": [
             {"target": "x86-cpu", "runtime": "openvino", "batch": b, "speedup_p50": s}
             for b, s in zip((1, 32), speedups, strict=True)
@@ -54,6 +55,7 @@ def test_latency_is_judged_only_when_speed_was_asked_for():
     assert [r["ok"] for r in verdict["latency"]] == [True, False]
     assert "2.00x the teacher's on x86-cpu/openvino at batch 32" in verdict["failures"][0]
     assert judge(_report(), PlanRecipe(max_accuracy_drop=5, latency_target=2.5))["passed"]
+    assert verdict["latency_unchecked"] == ["jetson-orin/tensorrt"]  # said, not silently passed
 
 
 def test_a_small_test_split_is_said_to_be_too_small():

@@ -154,7 +154,7 @@ def test_each_planned_compression_is_measured_alone_before_training(demo_run):
         lp["name"] for lp in report["plan"]["layers"]
     }
     assert all(r["kl"] >= 0 and 0 <= r["agreement"] <= 1 for r in rows)
-    assert report["sensitivity"]["examples"] == 256
+    assert 16 <= report["sensitivity"]["examples"] <= 256  # fewer on slow machines
 
 
 def test_the_demo_meets_its_default_budget(demo_run):

@@ -72,3 +72,23 @@ def test_resume_with_a_bench_setting_reruns_only_bench_and_report_and_keeps_othe
     config = json.loads((run / "manifest.json").read_text())["config"]
     assert "bench.min_runs=21" in config["set"] and "bench.min_seconds=0.2" in config["set"]
     assert "bench.min_runs=20" not in config["set"]
+
+
+def test_resume_with_other_bench_batches_retimes_without_retraining(demo_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run[0], run)
+    before = _stages(run)
+    result = edgekd("compress", "--out", str(run), "--resume", "--set", "bench.batches=[4]")
+    assert result.returncode == 0, result.stderr
+    after = _stages(run)
+    for stage in ("sensitivity", "prune", "distill", "export", "verify"):
+        assert after[stage] == before[stage], stage
+    for stage in ("latency", "bench", "report", "gate"):
+        assert after[stage]["started"] >= before["gate"]["finished"], stage
+
+
+def test_cli_stage_commands_are_the_pipeline_stages():
+    from edgekd.cli import STAGE_NAMES
+    from edgekd.pipeline import READS, STAGES
+
+    assert tuple(STAGES) == STAGE_NAMES == tuple(READS)

@@ -47,7 +47,10 @@ def run(ctx: Context) -> Context:
 def _most_sensitive(ctx: Context) -> str:
     rows = ctx.read_json("sensitivity", "sensitivity.json")["layers"]
     parts = sorted((r for r in rows if r["choice"] != "planned"), key=lambda r: -r["kl"])[:3]
-    return ", ".join(f"{r['layer']} {r['choice']} (agreement {r['agreement']:.1%})" for r in parts)
+    return (
+        ", ".join(f"{r['layer']} {r['choice']} (agreement {r['agreement']:.1%})" for r in parts)
+        or "none measured (distill longer, or check the data)"
+    )
 
 
 def _dequantized(ctx: Context, runtimes: set[str]) -> str:

@@ -25,17 +25,20 @@ from ..atomic import write_json
 from ..bench.timing import measure_interleaved
 from ..context import Context
 from ..cpu import detect_cpu
-from ..errors import StageError
 from ..models.demo import cache_dir
-from ..plan import LayerPlan
+from ..plan import COMPRESSIBLE, LayerPlan
 from ..runtimes import get_runtime
 from .layer_onnx import LayerShape, WeightChoice, layer_onnx
 
 __all__ = ["LayerShape", "WeightChoice", "layer_onnx", "layer_shapes", "run"]
 
 
+FORMAT = 1  # bump when layer_onnx or the timing changes, so cached timings are not reused
+
+
 def run(ctx: Context) -> Context:
     shapes = layer_shapes(ctx.teacher, ctx.example)
+    per_example = len(ctx.example)
     cfg = ctx.recipe.bench
     rows, skipped = [], []
     for target in ctx.targets:
@@ -45,18 +48,20 @@ def run(ctx: Context) -> Context:
                 skipped.append({"target": target.name, "runtime": rt.name, "reason": reason})
                 continue
             runtime = get_runtime(rt.name)
-            version = runtime.describe().get("version")
+            described = runtime.describe()
             for batch in cfg.batches:
-                for lp in ctx.plan.layers:
+                for lp in (lp for lp in ctx.plan.layers if lp.name in shapes):  # called layers
+                    first, *rest = shapes[lp.name].input_shape  # batch, or batch x tokens
                     shape = replace(
-                        shapes[lp.name], input_shape=(batch, *shapes[lp.name].input_shape[1:])
+                        shapes[lp.name], input_shape=(first * batch // per_example, *rest)
                     )
                     try:
-                        times = _timed(runtime, version, shape, _choice(lp), cfg.threads)
-                    except StageError as exc:  # the runtime rejects this layer's form
+                        times = _timed(runtime, described, shape, _choice(lp), cfg.threads)
+                    except Exception as exc:  # the runtime rejects or fails this layer's form
+                        error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
                         times = {"choice": _choice(lp).label, "float_ms": None,
-                                 "planned_ms": None, "kernel": None, "error": exc.message}  # fmt: skip
-                        ctx.log(f"  {target.name}/{rt.name} {lp.name}: not timed ({exc.message})")
+                                 "planned_ms": None, "kernel": None, "error": error}  # fmt: skip
+                        ctx.log(f"  {target.name}/{rt.name} {lp.name}: not timed ({error})")
                     rows.append(
                         {"target": target.name, "runtime": rt.name, "batch": batch,
                          "layer": lp.name, **times}
@@ -88,10 +93,13 @@ def predicted(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, LayerShape]:
-    """Each Conv/Linear layer's op, input shape and attributes, from one forward pass."""
+    """Each Conv/Linear layer's op, input shape and attributes, from one forward pass (the
+    first call of a layer used twice; layers never called are absent)."""
     shapes: dict[str, LayerShape] = {}
 
     def record(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        if name in shapes:
+            return
         w = tuple(module.weight.shape)
         if isinstance(module, nn.Linear):
             op = "Gemm" if x.dim() == 2 else "MatMul"
@@ -112,7 +120,7 @@ def layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, LayerShap
     hooks = [
         m.register_forward_pre_hook(lambda mod, args, name=name: record(name, mod, args[0]))
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+        if isinstance(m, COMPRESSIBLE)
     ]
     try:
         with torch.no_grad():
@@ -124,23 +132,33 @@ def layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, LayerShap
 
 
 def _choice(lp: LayerPlan) -> WeightChoice:
-    return WeightChoice(lp.weight_bits, lp.block_size, lp.symmetric, lp.activation_bits)
+    return WeightChoice(
+        lp.weight_bits, lp.block_size, lp.symmetric, lp.activation_bits, lp.activation_symmetric
+    )
 
 
-def _timed(runtime, version, shape: LayerShape, planned: WeightChoice, threads) -> dict:
+def _timed(runtime, described: dict, shape: LayerShape, planned: WeightChoice, threads) -> dict:
     """p50 of the float and the planned layer, interleaved; from the cache when measured before."""
+    cpu = detect_cpu()
     key = {
+        "format": FORMAT,
         "runtime": runtime.name,
-        "version": version,
-        "cpu": sorted(detect_cpu().features),
+        "version": described.get("version"),
+        "device": described.get("device"),
+        "cpu": sorted(cpu.features),
+        "cores": cpu.usable_cores,
         "threads": threads,
         "shape": asdict(shape),
         "choice": asdict(planned),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir() / "latency" / f"{digest}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    try:
+        cached = json.loads(path.read_text())
+        if {"choice", "float_ms", "planned_ms", "kernel"} <= cached.keys():
+            return cached
+    except (OSError, ValueError):
+        pass  # not measured yet, or a damaged entry: measure again
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, choice in (("float", WeightChoice(None)), ("planned", planned)):

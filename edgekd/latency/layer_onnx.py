@@ -37,6 +37,7 @@ class WeightChoice:
     block_size: int | None = None
     symmetric: bool = True
     activation_bits: int | None = None  # 8: int8 input (and output) activations
+    activation_symmetric: bool = False  # zero point 0 (TensorRT)
 
     @property
     def label(self) -> str:
@@ -70,7 +71,8 @@ def layer_onnx(shape: LayerShape, choice: WeightChoice) -> onnx.ModelProto:
         )
     x = "input"
     if choice.activation_bits:
-        x = _qdq(nodes, inits, "input", "input_q", scale=0.05, zero_point=-10)
+        zero = 0 if choice.activation_symmetric else -10
+        x = _qdq(nodes, inits, "input", "input_q", scale=0.05, zero_point=zero)
     y = "layer_out" if choice.activation_bits else "output"
     nodes += _compute(shape, x, weight, y, inits)
     if choice.activation_bits:

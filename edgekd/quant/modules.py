@@ -79,6 +79,8 @@ class QuantLayer:
 def quant_class(plain: type) -> type:
     """The fake-quant twin of a Conv/Linear class, subclasses included (e.g. a conv with its own
     padding in ``forward``): the plain class's own forward runs, seeing the quantized weight."""
+    if issubclass(plain, QuantLayer):  # already a twin: quantizing twice is quantizing once
+        return plain
     return type(f"Quant{plain.__name__}", (QuantLayer, plain), {"plain_class": plain})
 
 

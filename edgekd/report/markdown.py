@@ -48,8 +48,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Predicted vs measured latency",
         "",
-        "Each compressible layer alone, float vs the plan's choice, timed on the runtime (summed),",
-        "beside the student/teacher ratio bench measured for the whole model.",
+        "Each compressible layer alone at the teacher's shapes, float vs the plan's weight and",
+        "activation choice (channel pruning and 2:4 are not in the prediction), timed on the",
+        "runtime and summed, beside the student/teacher ratio bench measured for the whole model.",
         "",
         *_prediction(report["latency_prediction"]),
         "",
@@ -182,7 +183,7 @@ def _budget(budget: dict[str, Any]) -> list[str]:
         f"accuracy may drop {budget['max_accuracy_drop']:g} pts"
         + (
             f"; student p50 at most {budget['latency_target']:g}x the teacher's on every runtime "
-            "and batch"
+            "and batch measured here"
             if budget["latency_target"]
             else ""
         )
@@ -204,6 +205,8 @@ def _budget(budget: dict[str, Any]) -> list[str]:
     ]
     if not budget["latency_checked"]:
         lines.append("- Latency not checked: no target runtime ran on this machine.")
+    if budget["latency_unchecked"]:
+        lines.append(f"- Latency not checked on: {', '.join(budget['latency_unchecked'])}.")
     lines += [f"- **{f}**" for f in budget["failures"]]
     return lines
 

@@ -53,8 +53,15 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{budget['max_accuracy_drop']:g} pts"
             + (
                 f", p50 <= {budget['latency_target']:g}x teacher"
+                if budget["latency"]
+                else "; latency not measured here"
                 if budget["latency_target"]
                 else "; speed not asked for"
+            )
+            + (
+                f" (not checked: {', '.join(budget['latency_unchecked'])})"
+                if budget["latency_unchecked"]
+                else ""
             ),
         )
     )

@@ -44,25 +44,27 @@ def run(ctx: Context) -> Context:
     x, reference = x[:n], reference[:n]
     folded = fold_batchnorm(copy.deepcopy(ctx.teacher).eval(), ctx.example)  # once: slow on CNNs
     ranges = _input_ranges(folded, [lp.name for lp in ctx.plan.layers], x)
-    rows = []
+    rows, unmeasured = [], []
     for lp, choice, parts in choices:
-        model = _apply(ctx.teacher, folded, ctx.plan, lp, parts, ctx.example, ranges)
-        rows.append(
-            {
-                "layer": lp.name,
-                "choice": choice,
-                **damage(predict(torch_fn(model), x), reference),
-            }
-        )
+        if lp.name not in ranges:  # e.g. attention's out_proj, used without calling the module
+            unmeasured.append({"layer": lp.name, "choice": choice, "reason": "not called"})
+            continue
+        model, coupled = _apply(ctx.teacher, folded, ctx.plan, lp, parts, ctx.example, ranges)
+        if coupled and parts == {"channels"}:
+            unmeasured.append({"layer": lp.name, "choice": choice, "reason": coupled})
+            continue
+        row = {"layer": lp.name, "choice": choice, **damage(predict(torch_fn(model), x), reference)}
+        rows.append({**row, "note": coupled} if coupled else row)
     write_json(
         ctx.out("sensitivity.json"),
         {
             "examples": len(x),
             "split": "val" if len(ctx.data.val) else "train",
-            "seconds_per_input": per_input,
             "layers": rows,
+            "unmeasured": unmeasured,
         },
     )
+    ctx.metrics.update(seconds_per_input=per_input)
     worst = sorted((r for r in rows if r["choice"] != "planned"), key=lambda r: -r["kl"])[:3]
     ctx.metrics.update(
         examples=len(x), most_sensitive=[f"{r['layer']} {r['choice']}" for r in worst]
@@ -119,13 +121,15 @@ def _apply(
     parts: set[str],
     example,
     ranges: dict[str, tuple[float, float]],
-) -> nn.Module:
+) -> tuple[nn.Module, str | None]:
     """A copy of the teacher with ``parts`` of ``lp``'s choice applied to that layer alone
-    (no ``torch.no_grad`` here: Torch-Pruning traces its dependency graph through autograd).
+    (no ``torch.no_grad`` here: Torch-Pruning traces its dependency graph through autograd),
+    and why its channels could not be removed alone, if they were asked for and were not.
 
     ``folded``: the teacher with BatchNorm folded, which computes the same function. A 2:4 mask
     is the same on folded weights: folding scales whole output channels, and each group of 4
     lies within one."""
+    coupled = None
     if "channels" not in parts:
         model = copy.deepcopy(folded)
     else:
@@ -139,6 +143,8 @@ def _apply(
             adjustments=[],
         )
         prune_channels(model, alone, example)
+        if model.get_submodule(lp.name).weight.shape[0] == lp.weight_shape[0]:
+            coupled = "coupled with other layers' channels: not removable alone"
         model = fold_batchnorm(model, example)
     layer = model.get_submodule(lp.name)
     if "2:4" in parts:
@@ -149,7 +155,7 @@ def _apply(
             layer.weight.copy_(quantize_weight(layer.weight, fmt).dequantize())
     if "activations" in parts:
         _quantize_input(layer, *ranges[lp.name])
-    return model
+    return model, coupled
 
 
 def _input_ranges(model: nn.Module, layers: list[str], x: np.ndarray) -> dict[str, tuple]:
@@ -166,9 +172,11 @@ def _input_ranges(model: nn.Module, layers: list[str], x: np.ndarray) -> dict[st
         )
         for name in layers
     ]
-    predict(torch_fn(model), x)
-    for hook in hooks:
-        hook.remove()
+    try:
+        predict(torch_fn(model), x)
+    finally:
+        for hook in hooks:
+            hook.remove()
     return ranges
 
 
