@@ -35,13 +35,22 @@ def accuracy(logits: np.ndarray, split: Split, teacher_logits: np.ndarray) -> fl
     return float((logits.argmax(1) == truth).mean())
 
 
-def agreement(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+def agreement(logits: np.ndarray, reference: np.ndarray) -> dict:
+    """Top-1 agreement and output errors; each disagreement with the reference's top-2 margin,
+    which says whether it is a near-tie that rounding flipped or a real difference."""
     diff = np.abs(logits - reference)
+    top2 = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else None
+    flips = np.flatnonzero(logits.argmax(1) != reference.argmax(1))
     return {
         "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
         "max_abs_error": float(diff.max()),
         "mean_abs_error": float(diff.mean()),
-    }
+        "disagreements": [
+            {"index": int(i), "reference_margin": float(top2[i, 1] - top2[i, 0]),
+             "max_abs_error": float(diff[i].max())}
+            for i in flips[:10]
+        ] if top2 is not None else [],
+    }  # fmt: skip
 
 
 def count_params(model: nn.Module) -> int:

@@ -91,3 +91,15 @@ def test_a_budget_that_cannot_be_met_fails_with_one_line_and_keeps_the_report(tm
     assert manifest["stages"]["gate"]["status"] == "failed"
     assert manifest["stages"]["report"]["status"] == "done"
     assert "**Missed.**" in (out / "report.md").read_text()
+
+
+def test_each_disagreement_reports_the_references_top2_margin():
+    from edgekd.evaluate import agreement
+
+    reference = np.array([[2.0, 1.99, 0.0], [3.0, 0.0, 0.0]], np.float32)
+    export = np.array([[1.98, 2.0, 0.0], [3.0, 0.0, 0.0]], np.float32)  # a near-tie flipped
+    result = agreement(export, reference)
+    assert result["top1_agreement"] == 0.5
+    assert result["disagreements"] == [
+        {"index": 0, "reference_margin": pytest.approx(0.01), "max_abs_error": pytest.approx(0.02)}
+    ]

@@ -47,9 +47,13 @@ def run(ctx: Context) -> Context:
             row.update(agreement(logits, reference[art["model"]]))
             row["accuracy"] = accuracy(logits, test, reference["teacher"])
             if row["top1_agreement"] < threshold:
+                margins = ", ".join(
+                    f"{d['reference_margin']:.3g}" for d in row["disagreements"][:3]
+                )
                 row.update(
                     status="failed",
-                    reason=f"top-1 agreement {row['top1_agreement']:.2%} < {threshold:.0%}",
+                    reason=f"top-1 agreement {row['top1_agreement']:.2%} < {threshold:.0%}; "
+                    f"PyTorch's top-2 margin where they differ: {margins}",
                 )
             ctx.log(
                 f"  {art['model']:<8}{art['runtime']:<12} agreement {row['top1_agreement']:.2%}  "
