@@ -210,6 +210,7 @@ def _fingerprints(recipe, targets, plan, teacher, data) -> dict[str, str]:
         ),
         "prune": _fingerprint(models, per_layer("keep_ratio", "sparsity")),
         "distill": _fingerprint(
+            QUANT_FORMAT,
             models,
             recipe.distill,
             per_layer("weight_bits", "block_size", "symmetric", "activation_bits"),
@@ -254,6 +255,9 @@ def _run_stage(
     seconds = time.perf_counter() - began
     ctx.run.finish(name, ctx.outputs, ctx.metrics, seconds, library_versions())
     ctx.log(f"✓ {name} ({seconds:.1f} s)")
+
+
+QUANT_FORMAT = 2  # 2: searched weight clipping; students trained before it are trained again
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -121,11 +121,25 @@ def test_a_conv_subclass_keeps_its_own_forward_with_quantized_weights():
     make_quant(conv, fmt, activations=False)
     expected = torch.nn.functional.conv2d(
         torch.nn.functional.pad(x, (1, 1, 1, 1)),
-        quantize_weight(conv.weight, fmt).dequantize(),
+        quantize_weight(conv.weight, fmt, conv.weight_clip).dequantize(),
         conv.bias,
     )
     assert isinstance(conv, PaddedConv) and conv.plain_class is PaddedConv
     torch.testing.assert_close(conv(x), expected)
-    assert set(conv.state_dict()) == {"weight", "bias"}  # same keys as the float layer
+    assert set(conv.state_dict()) == {"weight", "bias", "weight_clip"}
     conv(x).sum().backward()  # the straight-through gradient reaches the real parameter
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("block", [None, 8])
+def test_searched_clipping_cuts_quantization_error_on_heavy_tailed_weights(block):
+    from edgekd.quant.fake import search_clip
+
+    torch.manual_seed(0)
+    w = torch.distributions.StudentT(2.0).sample((16, 64))  # heavy tails, as trained weights
+    fmt = WeightFormat(4, False, block)
+    clip = search_clip(w, fmt)
+    minmax = (quantize_weight(w, fmt).dequantize() - w).pow(2).sum()
+    clipped = (quantize_weight(w, fmt, clip).dequantize() - w).pow(2).sum()
+    assert clipped < minmax and ((clip >= 0.5) & (clip <= 1.0)).all()
+    assert (search_clip(torch.zeros(4, 8), fmt) == 1).all()  # nothing to clip

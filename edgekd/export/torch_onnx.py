@@ -58,6 +58,7 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
             module.weight.copy_(qw.dequantize())
         module.__class__ = module.plain_class  # the float twin: same weights, no fake quant
         del module.act_quant
+        del module.weight_clip
     model = quantize_weights(export_float(plain, example), weights)
     return quantize_activations(
         model, {_consumer_of(model, name): qp for name, qp in activations.items()}

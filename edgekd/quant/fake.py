@@ -34,28 +34,32 @@ class QuantizedWeight:
         return (self.q - self.zero_point) * self.scale
 
 
-def _group_extrema(w: torch.Tensor, fmt: WeightFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel or per-block min/max, already broadcast back to ``w``'s shape."""
+def _grouped(w: torch.Tensor, fmt: WeightFormat):
+    """``w`` as (*groups, group size): one group per output channel, or per block along the
+    input dim (zero-padded: zeros are inside every range); and the function that broadcasts a
+    per-group tensor back to ``w``'s shape."""
     if fmt.block_size is None:
-        flat = w.reshape(w.shape[0], -1)
         shape = (w.shape[0],) + (1,) * (w.dim() - 1)
-        return flat.amin(1).reshape(shape).expand_as(w), flat.amax(1).reshape(shape).expand_as(w)
+        return w.reshape(w.shape[0], -1), lambda t: t.reshape(shape).expand_as(w)
     b, fan_in = fmt.block_size, w.shape[1]
     blocks = -(-fan_in // b)
     moved = w.movedim(1, -1)  # (O, *k, I)
-    padded = torch.nn.functional.pad(moved, (0, blocks * b - fan_in))  # zeros: inside the range
+    padded = torch.nn.functional.pad(moved, (0, blocks * b - fan_in))
     grouped = padded.reshape(*moved.shape[:-1], blocks, b)
-
-    def back(t: torch.Tensor) -> torch.Tensor:
-        return t.repeat_interleave(b, dim=-1)[..., :fan_in].movedim(-1, 1)
-
-    return back(grouped.amin(-1)), back(grouped.amax(-1))
+    return grouped, lambda t: t.repeat_interleave(b, dim=-1)[..., :fan_in].movedim(-1, 1)
 
 
-def quantize_weight(w: torch.Tensor, fmt: WeightFormat) -> QuantizedWeight:
-    """Min/max quantization whose range always holds zero, so pruned zeros stay exactly zero."""
-    lo, hi = _group_extrema(w.detach(), fmt)
-    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+def quantize_weight(
+    w: torch.Tensor, fmt: WeightFormat, clip: torch.Tensor | None = None
+) -> QuantizedWeight:
+    """Min/max quantization whose range always holds zero, so pruned zeros stay exactly zero.
+
+    ``clip``: per group, the fraction of the min/max range kept (``search_clip``)."""
+    grouped, back = _grouped(w.detach(), fmt)
+    lo, hi = grouped.amin(-1), grouped.amax(-1)
+    if clip is not None:
+        lo, hi = lo * clip, hi * clip
+    lo, hi = back(lo).clamp(max=0.0), back(hi).clamp(min=0.0)
     qmin, qmax = fmt.qrange
     if fmt.symmetric:
         scale = torch.maximum(-lo, hi) / qmax
@@ -69,6 +73,26 @@ def quantize_weight(w: torch.Tensor, fmt: WeightFormat) -> QuantizedWeight:
     return QuantizedWeight(q, scale, zero_point)
 
 
-def fake_quantize_weight(w: torch.Tensor, fmt: WeightFormat) -> torch.Tensor:
+def fake_quantize_weight(
+    w: torch.Tensor, fmt: WeightFormat, clip: torch.Tensor | None = None
+) -> torch.Tensor:
     """Quantized values forward, straight-through gradient backward."""
-    return w + (quantize_weight(w, fmt).dequantize() - w).detach()
+    return w + (quantize_weight(w, fmt, clip).dequantize() - w).detach()
+
+
+@torch.no_grad()
+def search_clip(w: torch.Tensor, fmt: WeightFormat, steps: int = 11) -> torch.Tensor:
+    """Per group, the clipping ratio in [0.5, 1] with the least squared quantization error.
+
+    Why: min/max ranges spend the few levels of 4-bit and lower on outliers; clipping them
+    (as BitDistiller's asymmetric clipping does) starts quantization-aware training closer to
+    the float weights. Ratio 1 is a candidate, so the error never grows."""
+    grouped, _ = _grouped(w, fmt)
+    best = torch.ones(grouped.shape[:-1])
+    best_error = torch.full(grouped.shape[:-1], float("inf"))
+    for ratio in torch.linspace(1.0, 0.5, steps):
+        clip = torch.full_like(best, float(ratio))
+        error = _grouped((quantize_weight(w, fmt, clip).dequantize() - w) ** 2, fmt)[0].sum(-1)
+        better = error < best_error
+        best, best_error = torch.where(better, clip, best), torch.minimum(error, best_error)
+    return best

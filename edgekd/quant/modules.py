@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module
 
-from .fake import WeightFormat, fake_quantize_weight, quantize_weight
+from .fake import WeightFormat, fake_quantize_weight, quantize_weight, search_clip
 
 
 class ActQuant(nn.Module):
@@ -57,14 +57,15 @@ class QuantLayer:
 
     weight: nn.Parameter
     weight_format: WeightFormat
+    weight_clip: torch.Tensor  # per group: fraction of the min/max range kept (a buffer)
     act_quant: ActQuant | None
     plain_class: type  # the float layer class this twin was made from
 
     def quantized_weight(self) -> torch.Tensor:
-        return fake_quantize_weight(self.weight, self.weight_format)
+        return fake_quantize_weight(self.weight, self.weight_format, self.weight_clip)
 
     def export_weight(self):
-        return quantize_weight(self.weight, self.weight_format)
+        return quantize_weight(self.weight, self.weight_format, self.weight_clip)
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.act_quant is None else self.act_quant(x)
@@ -87,7 +88,9 @@ def quant_class(plain: type) -> type:
 def make_quant(
     module: nn.Module, fmt: WeightFormat, activations: bool, symmetric_activations: bool = False
 ) -> None:
-    """Turn a plain layer into its quantized twin in place (same parameters, same state-dict keys)."""
+    """Turn a plain layer into its quantized twin in place (same parameters; the state dict
+    gains ``weight_clip``, the clipping searched on the weights it starts from)."""
     module.__class__ = quant_class(type(module))
     module.weight_format = fmt
+    module.register_buffer("weight_clip", search_clip(module.weight.detach(), fmt))
     module.act_quant = ActQuant(symmetric_activations) if activations else None

@@ -28,6 +28,7 @@ from ..plan import LayerPlan, Plan
 from ..prune.sparsity import apply_2of4
 from ..prune.structured import prune_channels
 from ..quant import WeightFormat, fold_batchnorm, quantize_weight
+from ..quant.fake import search_clip
 
 CALIBRATION = 256  # inputs at most: enough to rank layers
 MIN_CALIBRATION = 16  # inputs at least, whatever the time
@@ -151,8 +152,9 @@ def _apply(
         apply_2of4(layer)
     if "weights" in parts:
         fmt = WeightFormat(lp.weight_bits, lp.symmetric, lp.block_size)
+        clip = search_clip(layer.weight, fmt)  # the clipping distillation starts from
         with torch.no_grad():
-            layer.weight.copy_(quantize_weight(layer.weight, fmt).dequantize())
+            layer.weight.copy_(quantize_weight(layer.weight, fmt, clip).dequantize())
     if "activations" in parts:
         _quantize_input(layer, *ranges[lp.name])
     return model, coupled
