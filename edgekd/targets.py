@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import platform
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -106,11 +105,11 @@ class Target:
         A named CPU class is stood in for only by a CPU whose features give the same facts: an
         AVX-512 VNNI box times int8 convs twice as fast as the AVX2 CPU ``x86-cpu-avx2`` means.
         """
-        machine = platform.machine()
+        host = host or detect_cpu()
+        machine = host.arch
         if machine not in self.arch:
             return f"this machine is {machine}; target {self.name} runs on {'/'.join(self.arch)}"
         if self.cpu is not None and not self.cpu_detected:
-            host = host or detect_cpu()
             missing = [f for f in self.cpu if f not in host.features]
             here = _runtimes(self.raw["runtimes"], host.features, self.name)
             differ = _differences(self.runtimes, here)

@@ -94,14 +94,14 @@ def test_plan_narrows_int8_weights_to_7_bits_only_without_vnni(tiny, example):
 
 
 def test_a_cpu_stands_in_for_a_named_variant_only_if_the_facts_match():
-    if platform.machine() not in ("x86_64", "AMD64"):
-        pytest.skip("x86 targets need an x86 machine")
     avx2 = load_target("x86-cpu-avx2")
     assert avx2.unavailable_reason(host=cpu(AVX2_EPYC)) is None
     reason = avx2.unavailable_reason(host=cpu(ZEN4_EPYC))
     assert "is not a x86-cpu-avx2 CPU" in reason and "int8_weight_bits" in reason
     assert "lacks amx" in load_target("x86-cpu-amx").unavailable_reason(host=cpu(ZEN4_EPYC))
     assert load_target("x86-cpu").unavailable_reason(host=cpu(AVX2_EPYC)) is None
+    arm = load_target("x86-cpu-avx2").unavailable_reason(host=cpu(GRAVITON3, "aarch64"))
+    assert "this machine is aarch64" in arm
 
 
 def test_unknown_cpu_feature_in_a_target_file_names_the_nearest(tmp_path):

@@ -48,21 +48,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "budget",
             "",
             "met" if budget["passed"] else "MISSED",
-            "; ".join(budget["failures"])
-            or f"accuracy drop {budget['accuracy']['drop_pts']:.2f} <= "
-            f"{budget['max_accuracy_drop']:g} pts"
-            + (
-                f", p50 <= {budget['latency_target']:g}x teacher"
-                if budget["latency"]
-                else "; latency not measured here"
-                if budget["latency_target"]
-                else "; speed not asked for"
-            )
-            + (
-                f" (not checked: {', '.join(budget['latency_unchecked'])})"
-                if budget["latency_unchecked"]
-                else ""
-            ),
+            "; ".join(budget["failures"]) or _budget_met(budget),
         )
     )
     many = len(report["config"]["targets"]) > 1
@@ -95,6 +81,21 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             )
         )
     return rows
+
+
+def _budget_met(budget: dict[str, Any]) -> str:
+    text = (
+        f"accuracy drop {budget['accuracy']['drop_pts']:.2f} <= {budget['max_accuracy_drop']:g} pts"
+    )
+    if budget["latency"]:
+        text += f", p50 <= {budget['latency_target']:g}x teacher"
+    elif budget["latency_target"]:
+        text += "; latency not measured here"
+    else:
+        text += "; speed not asked for"
+    if budget["latency_unchecked"]:
+        text += f" (not checked: {', '.join(budget['latency_unchecked'])})"
+    return text
 
 
 def _ratio(r: float, better: str, worse: str) -> str:

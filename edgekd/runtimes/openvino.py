@@ -132,27 +132,16 @@ class _OvSession:
         import openvino as ov
 
         sources = _layer_nodes(ov.Core().read_model(str(self._artifact)), layers)
-        kernels: dict[str, dict[str, str]] = {}
-        compute = [op for op in self._ops() if _info(op)[0] not in _NOT_KERNELS]
-        fused = [
-            {
-                n.split("/")[0]
-                for n in op.get_rt_info()["originalLayersNames"].astype(str).split(",")
-            }
-            for op in compute
-        ]
-        for rank in (0, 1):  # the node's own name first; the bias Add it may be known by second
-            for layer, names in sources.items():
-                match = next(
-                    (
-                        op
-                        for op, f in zip(compute, fused, strict=True)
-                        if names[rank : rank + 1] and names[rank] in f
-                    ),
-                    None,
-                )
-                if layer in kernels or match is None:
-                    continue
+        owner = {}  # IR node name -> the first compiled kernel that fused it
+        for op in self._ops():
+            if _info(op)[0] not in _NOT_KERNELS:
+                for name in op.get_rt_info()["originalLayersNames"].astype(str).split(","):
+                    owner.setdefault(name.split("/")[0], op)
+        kernels = {}
+        for layer, names in sources.items():
+            # the node's own name first; the bias Add it may be known by second
+            match = next((owner[n] for n in names if n in owner), None)
+            if match is not None:
                 kernel, precision = _info(match)
                 weight = _weight_type(match)
                 kind = {"i8": "int8", "u8": "int8", "i4": "int4", "u4": "int4"}.get(weight)
