@@ -12,6 +12,10 @@ import math
 from typing import Any
 
 Z95 = 1.96
+# Interleaved p50 ratios of the same two models move by a few percent from run to run on the
+# 2-core development machines (OpenVINO at batch 1: 0.98-1.04x): within this, a student is
+# "no slower" and the latency budget holds; beyond it, the gate fails.
+LATENCY_NOISE = 0.05
 
 
 def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
@@ -62,7 +66,8 @@ def judge(report: dict[str, Any], plan: Any) -> dict[str, Any]:
     if ratio is not None:
         for s in report["speedups"]:
             measured = 1 / s["speedup_p50"]  # student p50 / teacher p50
-            latency.append({**s, "student_over_teacher": measured, "ok": measured <= ratio})
+            ok = measured <= ratio * (1 + LATENCY_NOISE)
+            latency.append({**s, "student_over_teacher": measured, "ok": ok})
         slow = [row for row in latency if not row["ok"]]
         if slow:
             worst = max(slow, key=lambda row: row["student_over_teacher"])

@@ -25,7 +25,8 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
 err = Console(stderr=True, highlight=False)
 
 STAGE_NAMES = (
-    "sensitivity", "latency", "prune", "distill", "export", "verify", "bench", "report", "gate"
+    "sensitivity", "latency", "plan", "prune", "distill", "export", "verify", "bench", "report",
+    "gate",
 )  # fmt: skip
 
 
@@ -95,7 +96,10 @@ def main() -> None:
     "--data",
     help="digits (default), an image folder, an .npz with x (and y), or package.module:factory.",
 )
-@click.option("--recipe", help="Preset name (default, w8a8, small) or a recipe YAML file.")
+@click.option(
+    "--recipe",
+    help="Preset name (auto: the measured plan, the default; default, w8a8, small: fixed plans) or a recipe YAML file.",
+)
 @click.option(
     "--set",
     "overrides",
@@ -133,7 +137,7 @@ def compress(
     trust_checkpoint,
     quiet,
 ) -> None:
-    """Run every stage: prune, distill, export, verify, bench, report."""
+    """Run every stage: measure, plan, prune, distill, export, verify, bench, report, gate."""
     from .pipeline import compress as run_pipeline
 
     run_dir = run_pipeline(
@@ -216,7 +220,7 @@ def recipe() -> None:
 
 
 @recipe.command("show")
-@click.argument("preset", default="default")
+@click.argument("preset", default="auto")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @friendly_errors
 def recipe_show(preset: str, overrides) -> None:

@@ -33,12 +33,23 @@ class Context:
     targets: list[Target]
     teacher: nn.Module
     data: DataSplits
-    plan: Plan
+    space: Plan  # the recipe resolved for the targets: each layer's candidates
     log: Callable[[str], None] = print
     progress: Progress = no_progress
     stage: str = ""
     outputs: list[Path] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    round: int = 0  # the plan search's back-off round
+    _plan: tuple[int, Plan] | None = field(default=None, repr=False)
+
+    @property
+    def plan(self) -> Plan:
+        """The plan stage's ``plan.json``: one choice per layer, read by every later stage."""
+        path = self.path_of("plan", "plan.json")
+        stamp = path.stat().st_mtime_ns
+        if self._plan is None or self._plan[0] != stamp:
+            self._plan = (stamp, Plan.from_dict(self.read_json_file(path)))
+        return self._plan[1]
 
     @property
     def example(self) -> torch.Tensor:

@@ -40,6 +40,14 @@ class StageError(EdgeKDError):
     exit_code = 5
 
 
+class BudgetMiss(StageError):
+    """The student misses the user's budget (the gate stage); ``accuracy``: on accuracy."""
+
+    def __init__(self, message: str, accuracy: bool) -> None:
+        super().__init__(message)
+        self.accuracy = accuracy
+
+
 def suggest(name: str, options: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest valid name, or ''."""
     close = difflib.get_close_matches(name, list(options), n=1)

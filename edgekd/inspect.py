@@ -27,7 +27,7 @@ def inspect_target(spec: str, data: str | None = None, trust: bool = False) -> l
             cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log=lambda _: None
         )
         example = torch.from_numpy(load_data(cfg["data"]).train.x[:2])
-        plan = Plan.from_dict(Context.read_json_file(path / "plan.json"))
+        plan = Plan.from_dict(Context.read_json_file(path / "plan" / "plan.json"))
         for stage in ("distill", "prune"):
             if run.stage(stage).get("status") == "done":
                 model, _ = load_student(teacher, path / stage / "student.pt", plan, example)

@@ -13,16 +13,15 @@ from typing import Any
 
 import torch
 
-from . import bench, distill, export, gate, latency, prune, report, sensitivity, verify
-from .atomic import write_json, write_text
+from . import bench, distill, export, gate, latency, plan, prune, report, sensitivity, verify
+from .atomic import write_text
 from .bench.environment import library_versions
 from .context import Context, Progress, no_progress
 from .cpu import detect_cpu
 from .data import load_data
-from .errors import EdgeKDError, ShapeError, StageError
+from .errors import BudgetMiss, EdgeKDError, ShapeError, StageError
 from .evaluate import RUNTIME_BATCH
 from .models import load_teacher, model_fingerprint
-from .plan import resolve_plan
 from .recipe import load_recipe
 from .rundir import RunDir
 from .targets import load_target
@@ -30,6 +29,7 @@ from .targets import load_target
 STAGES: dict[str, Callable[[Context], Context]] = {
     "sensitivity": sensitivity.run,
     "latency": latency.run,
+    "plan": plan.run,
     "prune": prune.run,
     "distill": distill.run,
     "export": export.run,
@@ -40,23 +40,26 @@ STAGES: dict[str, Callable[[Context], Context]] = {
 }
 # The earlier stages whose outputs each stage reads: a stage re-runs when its own settings or
 # one of these changed, and only then, so re-timing never re-trains.
+# The plan is read through plan.json, so a stage re-runs when any choice it trains or exports
+# changes (activation symmetry included), without a hand-kept list of the fields it uses.
 READS: dict[str, tuple[str, ...]] = {
     "sensitivity": (),
     "latency": (),
-    "prune": (),
-    "distill": ("prune",),
-    "export": ("distill",),
+    "plan": ("sensitivity", "latency"),
+    "prune": ("plan",),
+    "distill": ("plan", "prune"),
+    "export": ("plan", "distill"),
     "verify": ("distill", "export"),
-    "bench": ("export", "verify"),
-    "report": ("sensitivity", "latency", "prune", "distill", "export", "verify", "bench"),
-    "gate": ("sensitivity", "report"),
+    "bench": ("plan", "export", "verify"),
+    "report": ("sensitivity", "latency", "plan", "prune", "distill", "export", "verify", "bench"),
+    "gate": ("plan", "sensitivity", "report"),
 }
 
 DEFAULTS: dict[str, Any] = {
     "teacher": "demo",
     "weights": None,
     "data": "digits",
-    "recipe": "default",
+    "recipe": "auto",
     "set": [],
     "targets": ["x86-cpu"],
     "trust_checkpoint": False,
@@ -93,15 +96,33 @@ def compress(
     run = RunDir.create(out_dir, config, resume)
     ctx = _context(run, parts, log, progress)
     run.save()
-    ran: set[str] = set()
-    for name, stage in STAGES.items():
+    todo = list(STAGES)
+    while todo:
+        name = todo.pop(0)
         inputs = _inputs(ctx, name)
-        if not ran & set(READS[name]) and run.is_current(name, inputs):
+        if run.is_current(name, inputs):  # outputs are content hashes: same inputs, same work
             log(f"- {name}: up to date, skipped")
             continue
-        _run_stage(ctx, name, stage, inputs)
-        ran.add(name)
+        try:
+            _run_stage(ctx, name, STAGES[name], inputs)
+        except BudgetMiss as miss:
+            if not (miss.accuracy and _back_off(ctx)):
+                raise
+            log(f"  {miss.message}")
+            log(f"back-off: searching again with half the damage budget (round {ctx.round + 1})")
+            todo = list(STAGES)[list(STAGES).index("plan") :]
     return run.path
+
+
+def _back_off(ctx: Context) -> bool:
+    """Start the next search round if the recipe searches and rounds are left."""
+    if not ctx.recipe.plan.search or ctx.round + 1 >= ctx.recipe.plan.max_rounds:
+        return False
+    ctx.round += 1
+    ctx.run.manifest["plan_round"] = ctx.round  # a resumed run goes on from this round
+    ctx.run.manifest["fingerprints"]["plan"] = _plan_fingerprint(ctx)
+    ctx.run.save()
+    return True
 
 
 def run_one(
@@ -129,26 +150,30 @@ def run_one(
 
 
 def _load(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    """Recipe, targets, teacher, data and plan, each validated with a one-line error."""
+    """Recipe, targets, teacher, data and the plan's candidates, each validated with a one-line
+    error."""
     recipe = load_recipe(cfg["recipe"], cfg["set"])
     targets = [load_target(t) for t in cfg["targets"]]
     data = load_data(cfg["data"])
     teacher = load_teacher(cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log)
     _check_fit(teacher, data, cfg["data"])
-    plan = resolve_plan(recipe, targets, teacher, torch.from_numpy(data.train.x[:2]))
-    return {"recipe": recipe, "targets": targets, "teacher": teacher, "data": data, "plan": plan}
+    space = plan.resolve_plan(recipe, targets, teacher, torch.from_numpy(data.train.x[:2]))
+    return {"recipe": recipe, "targets": targets, "teacher": teacher, "data": data, "space": space}
 
 
 def _context(
     run: RunDir, parts: dict[str, Any], log: Callable[[str], None], progress: Progress
 ) -> Context:
-    recipe, teacher, data, plan = parts["recipe"], parts["teacher"], parts["data"], parts["plan"]
+    recipe, teacher, data, space = parts["recipe"], parts["teacher"], parts["data"], parts["space"]
     write_text(run.path / "recipe.yaml", recipe.to_yaml())
-    write_json(run.path / "plan.json", plan.to_dict())
-    run.manifest["fingerprints"] = _fingerprints(recipe, parts["targets"], plan, teacher, data)
-    for note in plan.adjustments:
+    for note in space.adjustments:
         log(f"plan: {note}")
-    return Context(run=run, log=log, progress=progress, **parts)
+    ctx = Context(
+        run=run, log=log, progress=progress, round=run.manifest.get("plan_round", 0), **parts
+    )
+    run.manifest["fingerprints"] = _fingerprints(recipe, parts["targets"], space, teacher, data)
+    run.manifest["fingerprints"]["plan"] = _plan_fingerprint(ctx)
+    return ctx
 
 
 def _check_fit(teacher: torch.nn.Module, data, spec: str) -> None:
@@ -179,52 +204,34 @@ def _describe(out: Any) -> str:
     return f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
 
 
-def _fingerprints(recipe, targets, plan, teacher, data) -> dict[str, str]:
-    """What each stage reads besides earlier stages' outputs: changing bench settings re-runs
-    bench and report, not distillation."""
-    layers = plan.to_dict()["layers"]
-
-    def per_layer(*keys: str) -> list[dict]:
-        return [{k: lp[k] for k in ("name", *keys)} for lp in layers]
-
+def _fingerprints(recipe, targets, space, teacher, data) -> dict[str, str]:
+    """What each stage reads besides earlier stages' outputs (``READS``): changing bench
+    settings re-runs bench and report, not distillation."""
+    candidates = [{"name": lp.name, "candidates": lp.candidates} for lp in space.layers]
     models = {"teacher": model_fingerprint(teacher), "data": data.fingerprint()}
+    cpu = sorted(detect_cpu().features)  # it decides facts ("cpu: detect") and what runs here
     return {
-        "sensitivity": _fingerprint(
-            models,
-            per_layer(
-                "keep_ratio",
-                "sparsity",
-                "weight_bits",
-                "block_size",
-                "symmetric",
-                "activation_bits",
-            ),
-        ),
+        "sensitivity": _fingerprint(models, candidates),
+        # the layers are timed alone: not the bench's timing settings
         "latency": _fingerprint(
-            models,
-            per_layer("weight_bits", "block_size", "symmetric", "activation_bits"),
-            recipe.bench.batches,  # not the bench's timing settings: the layers are timed alone
-            recipe.bench.threads,
-            targets,
-            sorted(detect_cpu().features),
+            models, candidates, recipe.bench.batches, recipe.bench.threads, targets, cpu
         ),
-        "prune": _fingerprint(models, per_layer("keep_ratio", "sparsity")),
-        "distill": _fingerprint(
-            QUANT_FORMAT,
-            models,
-            recipe.distill,
-            per_layer("weight_bits", "block_size", "symmetric", "activation_bits"),
-        ),
+        "prune": _fingerprint(models),
+        "distill": _fingerprint(QUANT_FORMAT, models, recipe.distill),
         "export": _fingerprint(
             sorted({rt.name for t in targets for rt in t.runtimes}),
             max(RUNTIME_BATCH, *recipe.bench.batches),
         ),
         "verify": _fingerprint(models, recipe.verify),
-        # the CPU too: it decides facts ("cpu: detect") and whether a named CPU class runs here
-        "bench": _fingerprint(models, recipe.bench, targets, sorted(detect_cpu().features)),
-        "report": _fingerprint(plan.to_dict(), recipe.plan),
+        "bench": _fingerprint(models, recipe.bench, targets, cpu),
+        "report": _fingerprint(recipe.plan),
         "gate": _fingerprint(recipe.plan),
     }
+
+
+def _plan_fingerprint(ctx: Context) -> str:
+    """The candidates and runtimes the plan is resolved from, the budget, and the round."""
+    return _fingerprint(ctx.space.to_dict(), ctx.recipe.plan, ctx.round)
 
 
 def _inputs(ctx: Context, name: str) -> dict[str, str]:
@@ -257,7 +264,7 @@ def _run_stage(
     ctx.log(f"✓ {name} ({seconds:.1f} s)")
 
 
-QUANT_FORMAT = 2  # 2: searched weight clipping; students trained before it are trained again
+QUANT_FORMAT = 3  # 2: searched weight clipping; 3: int8 outputs; older students train again
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -70,6 +70,14 @@ class PlanRecipe:
     objective: Literal["size", "latency"] = "size"  # latency: slower than the teacher fails
     max_accuracy_drop: float = 1.0  # points of top-1 accuracy (or agreement) below the teacher
     latency_target: float | None = None  # student p50 / teacher p50 to reach on every runtime
+    # search: measure candidates per layer and pick them (the ``auto`` preset); else the
+    # prune/quant sections are the plan
+    search: bool = False
+    keep_ratios: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
+    # the predicted accuracy drop (from sensitivity, before training) the search may spend, as a
+    # multiple of max_accuracy_drop: distillation wins most of it back; halved at each back-off
+    recovery: float = 10.0
+    max_rounds: int = 3  # searches, each followed by distillation, before the gate gives up
 
 
 @dataclass
@@ -98,7 +106,7 @@ def presets() -> list[str]:
 
 def load_recipe(spec: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Resolve a preset name or a YAML file, then apply ``KEY=VALUE`` overrides."""
-    spec = spec or "default"
+    spec = spec or "auto"
     if spec.endswith((".yaml", ".yml")) or Path(spec).exists():
         path = Path(spec)
         if not path.is_file():

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import onnx
-from conftest import decode_weight
-
 from edgekd.cpu import detect_cpu
+from edgekd.plan import part_labels
 
 STAGES = [
     "sensitivity",
@@ -54,21 +51,6 @@ def test_onnxruntime_and_openvino_agree_with_pytorch_student(demo_run):
         assert rows[("teacher", runtime)]["max_abs_error"] < 1e-3
 
 
-def test_layers_reported_2of4_are_2of4_in_exported_onnx_weights(demo_run):
-    run, _ = demo_run
-    report = _report(run)
-    layers = report["student"]["sparse_2of4_layers"]
-    assert len(layers) >= 3
-    model = onnx.load(run / "export" / "student.onnx")
-    low_bit = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
-    assert any(i.data_type in low_bit for i in model.graph.initializer)
-    for layer in layers:
-        w = decode_weight(model, f"{layer}.weight")
-        groups = np.moveaxis(w, 1, -1).reshape(-1, 4)
-        assert ((groups != 0).sum(axis=1) <= 2).all(), layer
-        assert (w != 0).mean() > 0.4  # the other half is really there
-
-
 def test_report_files_exist_with_required_fields(demo_run):
     run, _ = demo_run
     assert (run / "report.md").read_text().startswith("# edgekd report")
@@ -90,9 +72,7 @@ def test_report_files_exist_with_required_fields(demo_run):
     for r in ok:
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and r["throughput_ips"] > 0
-        assert r["agreement"] >= 0.99 and r["precision"] == (
-            "fp32" if r["model"] == "teacher" else "w4a8+2:4"
-        )
+        assert r["agreement"] >= 0.99 and (r["precision"] == "fp32") == (r["model"] == "teacher")
 
 
 def test_cli_prints_summary_table_and_report_path(demo_run):
@@ -105,15 +85,12 @@ def test_cli_prints_summary_table_and_report_path(demo_run):
 def test_report_shows_what_each_runtime_really_executed(demo_run):
     report = _report(demo_run[0])
     ran = {(e["runtime"], e["model"]): e["kernels"] for e in report["executed"]}
-    ov_student = ran[("openvino", "student")]
-    assert any(
-        k.split(":")[0] == "FullyConnected" and k.split(":")[1] in ("u4", "i4") for k in ov_student
-    )
-    # int4 convs are decompressed: float convolutions (bf16 on CPUs where OpenVINO defaults to it)
-    assert any(k in ("Convolution:f32", "Convolution:bf16", "Convolution:f16") for k in ov_student)
-    assert not any(":u4" in k or ":i8" in k for k in ran[("openvino", "teacher")])
-    assert "DequantizeLinear" in ran[("onnxruntime", "student")]
-    assert "DequantizeLinear" not in ran[("onnxruntime", "teacher")]
+    # the plan's int8 convs ran as integer kernels: OpenVINO's u8 Convolution, ORT's QLinearConv
+    assert any(lp["kernels"]["x86-cpu/onnxruntime"] == "int8" for lp in report["plan"]["layers"])
+    assert any(k.startswith("Convolution:u8") for k in ran[("openvino", "student")])
+    assert not any(":u8" in k or ":i8" in k for k in ran[("openvino", "teacher")])
+    assert "QLinearConv" in ran[("onnxruntime", "student")]
+    assert "QLinearConv" not in ran[("onnxruntime", "teacher")]
     assert "What each runtime really executed" in (demo_run[0] / "report.md").read_text()
 
 
@@ -149,19 +126,21 @@ def test_every_student_layer_ran_as_the_plan_said_on_this_cpu(demo_run):
 def test_each_planned_compression_is_measured_alone_before_training(demo_run):
     report = _report(demo_run[0])
     rows = report["sensitivity"]["layers"]
-    sparse = set(report["student"]["sparse_2of4_layers"])
-    assert {r["layer"] for r in rows if r["choice"] == "2:4"} == sparse
-    assert {r["layer"] for r in rows if r["choice"].startswith("W4")} == {
-        lp["name"] for lp in report["plan"]["layers"]
-    }
+    measured = {(r["layer"], r["choice"]) for r in rows}
+    measured |= {(r["layer"], r["choice"]) for r in report["sensitivity"]["unmeasured"]}
+    wanted = {
+        (lp["name"], part) for lp in report["plan"]["layers"]
+        for c in lp["candidates"] for part in part_labels(c)
+    }  # fmt: skip
+    assert wanted == measured and len(wanted) > 10  # every part of every candidate
     assert all(r["kl"] >= 0 and 0 <= r["agreement"] <= 1 for r in rows)
     assert 16 <= report["sensitivity"]["examples"] <= 256  # fewer on slow machines
 
 
-def test_the_demo_meets_its_default_budget(demo_run):
+def test_the_demo_meets_the_auto_budget_no_slower_than_the_teacher_anywhere(demo_run):
     run, result = demo_run
     budget = _report(run)["budget"]
-    assert budget["passed"] and budget["objective"] == "size" and budget["latency"] == []
+    assert budget["passed"] and budget["objective"] == "latency" and len(budget["latency"]) == 4
     assert budget["accuracy"]["drop_pts"] <= 1.0
     assert "budget" in result.stdout and "met" in result.stdout
 

@@ -44,7 +44,9 @@ def test_student_onnx_matches_fake_quant_student(tiny, example, tmp_path, overri
     }
     assert low_bit
     n_qdq = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    assert n_qdq == (0 if "quant.activation_bits=32" in overrides else len(plan.layers))
+    inputs = [lp for lp in plan.layers if lp.activation_bits]  # and an int8 output unless logits
+    assert n_qdq == len(inputs) + sum(not lp.feeds_output for lp in inputs)
+    assert len(inputs) == (0 if "quant.activation_bits=32" in overrides else len(plan.layers))
     for name, module in student.named_modules():
         if isinstance(module, QuantLayer):  # the stored low-bit codes decode to the trained weights
             trained = module.quantized_weight().detach().numpy()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from edgekd.latency import LayerShape, WeightChoice, layer_onnx, layer_shapes
+from edgekd.plan import choice_label
 from edgekd.runtimes import get_runtime
 
 
@@ -64,7 +65,11 @@ def test_the_run_predicts_latency_per_layer_and_sets_it_beside_the_measurement(d
         for batch in (1, 32):
             got = {r["layer"] for r in rows if r["runtime"] == runtime and r["batch"] == batch}
             assert got == layers
-    assert all(r["float_ms"] > 0 and r["planned_ms"] > 0 for r in rows)
+    assert all(r["ms"] > 0 and r["source"] == "measured" for r in rows)
+    candidates = {
+        (lp["name"], choice_label(c)) for lp in report["plan"]["layers"] for c in lp["candidates"]
+    }
+    assert {(r["layer"], r["choice"]) for r in rows} == candidates  # every candidate timed
     prediction = report["latency_prediction"]
     assert len(prediction) == 4 and all(p["measured_student_over_teacher"] for p in prediction)
     assert "Predicted vs measured latency" in (demo_run[0] / "report.md").read_text()

@@ -122,15 +122,16 @@ def test_batchnorm_after_linear_is_folded_and_exports_exactly():
     )
 
 
-def test_each_layer_gets_its_own_activation_qdq_and_residuals_stay_float():
+def test_each_layer_gets_its_own_input_qdq_an_int8_output_and_residuals_read_no_input_qdq():
     model, x = SharedInput().eval(), _example()
     student = prepare_qat(model, _plan(model, x))
     student.train()(torch.rand(16, 1, 8, 8) * 2)
     student.eval()
     onnx_model = student_onnx(student, x)
-    assert sum(n.op_type == "QuantizeLinear" for n in onnx_model.graph.node) == 3
+    quantized = [n.name for n in onnx_model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantized) == 5  # an input Q per layer, an output Q on a and b (not on the logits)
     add_inputs = {i for n in onnx_model.graph.node if n.op_type == "Add" for i in n.input}
-    assert not any("dequantized" in i for i in add_inputs)  # the residual reads the float tensor
+    assert not any("input_dequantized" in i for i in add_inputs)  # the residual reads h itself
     sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
     batch = torch.rand(32, 1, 8, 8)
     got = sess.run(None, {"input": batch.numpy()})[0]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
-from conftest import edgekd, tiny_net
+from conftest import decode_weight, edgekd, tiny_net
 
 TESTS = Path(__file__).parent
 
@@ -14,7 +16,7 @@ TESTS = Path(__file__).parent
 def test_jetson_target_is_skipped_with_reason_while_x86_runs(tmp_path):
     out = tmp_path / "run"
     result = edgekd(
-        "compress", "--teacher", "conftest:tiny_net", "--out", str(out),
+        "compress", "--teacher", "conftest:tiny_net", "--recipe", "default", "--out", str(out),
         "--target", "x86-cpu", "--target", "jetson-orin",
         "--set", "distill.epochs=2", "--set", "bench.min_runs=5", "--set", "bench.min_seconds=0.05",
         cwd=TESTS,
@@ -37,6 +39,13 @@ def test_jetson_target_is_skipped_with_reason_while_x86_runs(tmp_path):
     cpu = [v for v in report["verify"] if v["status"] == "ok" and v["runtime"] != "tensorrt"]
     assert cpu and all(v["inference_precision"] == "f32" for v in cpu)
     assert report["inference_precision"]["x86-cpu/openvino"]["student"]
+    # the fixed 'default' preset: layers reported 2:4 are 2:4 in the exported low-bit weights
+    model = onnx.load(out / "export" / "student.onnx")
+    assert report["student"]["sparse_2of4_layers"]
+    for layer in report["student"]["sparse_2of4_layers"]:
+        w = decode_weight(model, f"{layer}.weight")
+        assert ((np.moveaxis(w, 1, -1).reshape(-1, 4) != 0).sum(axis=1) <= 2).all(), layer
+        assert (w != 0).mean() > 0.4  # the other half is really there
 
 
 def test_a_target_claiming_kernels_the_runtime_does_not_run_is_flagged(tmp_path):
@@ -48,7 +57,8 @@ def test_a_target_claiming_kernels_the_runtime_does_not_run_is_flagged(tmp_path)
     )
     out = tmp_path / "run"
     result = edgekd(
-        "compress", "--teacher", "conftest:tiny_net", "--out", str(out), "--target", str(target),
+        "compress", "--teacher", "conftest:tiny_net", "--recipe", "default", "--out", str(out),
+        "--target", str(target),
         "--set", "distill.epochs=1", "--set", "bench.batches=[1]", "--set", "bench.min_runs=5",
         "--set", "bench.min_seconds=0.05",
         cwd=TESTS,

@@ -101,47 +101,70 @@ def quantize_weights(
 
 
 def quantize_activations(
-    model: onnx.ModelProto, activations: dict[str, tuple[float, int]]
+    model: onnx.ModelProto,
+    inputs: dict[str, tuple[float, int]],
+    outputs: dict[str, tuple[float, int]] | None = None,
 ) -> onnx.ModelProto:
     """Insert QuantizeLinear -> DequantizeLinear (int8, per-tensor scale, zero point) in front of
-    each named node's activation input (input 0), for that node alone.
+    each named node's activation input (input 0), for that node alone; and after each node named
+    in ``outputs`` (after its bias Add, for a MatMul), for all its consumers.
 
-    Per consumer, as in training: layers sharing an input keep their own scales, and other
+    Inputs per consumer, as in training: layers sharing an input keep their own scales, and other
     consumers of the tensor (a residual add, a graph output) still see the float value.
     """
     irm = ir.from_proto(model)
     graph = irm.graph
     nodes = {node.name: node for node in graph}
     new_nodes = []
-    for name, (scale, zero_point) in activations.items():
-        node = nodes.get(name)
-        if node is None:
-            raise StageError(f"activation of node {name!r}: no node has that name; check the name")
-        if not (math.isfinite(scale) and scale > 0):
-            raise StageError(
-                f"activation of {name!r} has scale {scale}; calibrate a positive scale"
+    for where, table in (("input", inputs), ("output", outputs or {})):
+        for name, (scale, zero_point) in table.items():
+            node = nodes.get(name)
+            if node is None:
+                raise StageError(
+                    f"activation of node {name!r}: no node has that name; check the name"
+                )
+            if not (math.isfinite(scale) and scale > 0):
+                raise StageError(
+                    f"activation of {name!r} has scale {scale}; calibrate a positive scale"
+                )
+            if not -128 <= zero_point <= 127:
+                raise StageError(f"activation of {name!r} has zero point {zero_point} outside int8")
+            qparams = [
+                _initializer(graph, f"{name}_{where}_scale", np.array(scale, dtype=np.float32)),
+                _initializer(
+                    graph, f"{name}_{where}_zero_point", np.array(zero_point, dtype=np.int8)
+                ),
+            ]
+            value = node.inputs[0] if where == "input" else _result(node)
+            users = list(value.uses())  # before the Q below becomes one
+            quantize = ir.node(
+                "QuantizeLinear", [value, *qparams], name=f"{name}_{where}_QuantizeLinear"
             )
-        if not -128 <= zero_point <= 127:
-            raise StageError(f"activation of {name!r} has zero point {zero_point} outside int8")
-        qparams = [
-            _initializer(graph, f"{name}_input_scale", np.array(scale, dtype=np.float32)),
-            _initializer(graph, f"{name}_input_zero_point", np.array(zero_point, dtype=np.int8)),
-        ]
-        quantize = ir.node(
-            "QuantizeLinear", [node.inputs[0], *qparams], name=f"{name}_input_QuantizeLinear"
-        )
-        quantize.outputs[0].name = f"{name}_input_quantized"
-        dequantize = ir.node(
-            "DequantizeLinear",
-            [quantize.outputs[0], *qparams],
-            name=f"{name}_input_DequantizeLinear",
-        )
-        dequantize.outputs[0].name = f"{name}_input_dequantized"
-        node.replace_input_with(0, dequantize.outputs[0])
-        new_nodes += [quantize, dequantize]
+            quantize.outputs[0].name = f"{name}_{where}_quantized"
+            dequantize = ir.node(
+                "DequantizeLinear",
+                [quantize.outputs[0], *qparams],
+                name=f"{name}_{where}_DequantizeLinear",
+            )
+            dequantize.outputs[0].name = f"{name}_{where}_dequantized"
+            if where == "input":
+                node.replace_input_with(0, dequantize.outputs[0])
+            else:
+                for user, index in users:
+                    user.replace_input_with(index, dequantize.outputs[0])
+            new_nodes += [quantize, dequantize]
     graph.extend(new_nodes)
     graph.sort()
     return _to_proto(irm)
+
+
+def _result(node: ir.Node) -> ir.Value:
+    """A layer's output: its node's, or its bias Add's after a MatMul."""
+    value = node.outputs[0]
+    users = list(value.uses())
+    if node.op_type == "MatMul" and len(users) == 1 and users[0][0].op_type == "Add":
+        return users[0][0].outputs[0]
+    return value
 
 
 def _broadcast(t: QuantizedTensor, param: np.ndarray) -> np.ndarray:

@@ -47,6 +47,7 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     plain = copy.deepcopy(student).eval()
     weights: dict[str, QuantizedTensor] = {}
     activations: dict[str, tuple[float, int]] = {}
+    outputs: dict[str, tuple[float, int]] = {}
     for name, module in plain.named_modules():
         if not isinstance(module, QuantLayer):
             continue
@@ -54,14 +55,19 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
         weights[f"{name}.weight"] = _to_tensor(qw, module.weight_format)
         if module.act_quant is not None:
             activations[name] = module.act_quant.qparams()
+        if module.out_quant is not None:
+            outputs[name] = module.out_quant.qparams()
         with torch.no_grad():
             module.weight.copy_(qw.dequantize())
         module.__class__ = module.plain_class  # the float twin: same weights, no fake quant
         del module.act_quant
+        del module.out_quant
         del module.weight_clip
     model = quantize_weights(export_float(plain, example), weights)
     return quantize_activations(
-        model, {_consumer_of(model, name): qp for name, qp in activations.items()}
+        model,
+        {_consumer_of(model, name): qp for name, qp in activations.items()},
+        {_consumer_of(model, name): qp for name, qp in outputs.items()},
     )
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ..atomic import write_json
 from ..context import Context
-from ..errors import StageError
+from ..errors import BudgetMiss
+from ..plan import choice_of, part_labels
 
 
 def run(ctx: Context) -> Context:
@@ -36,17 +37,22 @@ def run(ctx: Context) -> Context:
         slow = {f"{r['target']}/{r['runtime']}" for r in budget["latency"] if not r["ok"]}
         if slow:
             advice.append(f"layers that run as float anyway: {_dequantized(ctx, slow)}")
-        raise StageError(
+        raise BudgetMiss(
             f"the student misses its budget: {'; '.join(budget['failures'])}; "
             f"{'; '.join(advice)}; or loosen plan.max_accuracy_drop / plan.latency_target "
-            f"(see {ctx.run.path / 'report.md'})"
+            f"(see {ctx.run.path / 'report.md'})",
+            accuracy=budget["accuracy"]["drop_pts"] > budget["max_accuracy_drop"],
         )
     return ctx
 
 
 def _most_sensitive(ctx: Context) -> str:
+    """The parts of the student's choices that cost most alone, measured before training."""
+    chosen = {(lp.name, part) for lp in ctx.plan.layers for part in part_labels(choice_of(lp))}
     rows = ctx.read_json("sensitivity", "sensitivity.json")["layers"]
-    parts = sorted((r for r in rows if r["choice"] != "planned"), key=lambda r: -r["kl"])[:3]
+    parts = sorted(
+        (r for r in rows if (r["layer"], r["choice"]) in chosen), key=lambda r: -r["kl"]
+    )[:3]
     return (
         ", ".join(f"{r['layer']} {r['choice']} (agreement {r['agreement']:.1%})" for r in parts)
         or "none measured (distill longer, or check the data)"

@@ -103,8 +103,9 @@ def _pickled_module(path: Path, trust: bool) -> nn.Module:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """Content hash of a model's parameters and buffers: resume notices changed weights."""
-    digest = hashlib.sha256()
+    """Hash of a model's architecture (its modules' repr) and its parameters and buffers:
+    resume notices changed weights, and a changed architecture with the same weights."""
+    digest = hashlib.sha256(repr(model).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(

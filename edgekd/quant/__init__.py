@@ -29,5 +29,6 @@ def prepare_qat(model: nn.Module, plan: Plan) -> nn.Module:
         if lp is None or lp.weight_bits is None or isinstance(module, QuantLayer):
             continue
         fmt = WeightFormat(lp.weight_bits, lp.symmetric, lp.block_size)
-        make_quant(module, fmt, lp.activation_bits is not None, lp.activation_symmetric)
+        make_quant(module, fmt, lp.activation_bits is not None, lp.activation_symmetric,
+                   output=lp.activation_bits is not None and not lp.feeds_output)  # fmt: skip
     return model

@@ -59,6 +59,7 @@ class QuantLayer:
     weight_format: WeightFormat
     weight_clip: torch.Tensor  # per group: fraction of the min/max range kept (a buffer)
     act_quant: ActQuant | None
+    out_quant: ActQuant | None  # int8 output: integer kernels (QLinearConv) need a Q after them
     plain_class: type  # the float layer class this twin was made from
 
     def quantized_weight(self) -> torch.Tensor:
@@ -73,7 +74,8 @@ class QuantLayer:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.quantized_weight()
         with _reparametrize_module(self, {"weight": weight}):
-            return self.plain_class.forward(self, self.quant_input(x))
+            y = self.plain_class.forward(self, self.quant_input(x))
+        return y if self.out_quant is None else self.out_quant(y)
 
 
 @functools.cache
@@ -86,11 +88,20 @@ def quant_class(plain: type) -> type:
 
 
 def make_quant(
-    module: nn.Module, fmt: WeightFormat, activations: bool, symmetric_activations: bool = False
+    module: nn.Module,
+    fmt: WeightFormat,
+    activations: bool,
+    symmetric_activations: bool = False,
+    output: bool = False,
 ) -> None:
     """Turn a plain layer into its quantized twin in place (same parameters; the state dict
-    gains ``weight_clip``, the clipping searched on the weights it starts from)."""
+    gains ``weight_clip``, the clipping searched on the weights it starts from).
+
+    ``output``: int8 on the layer's output too. Runtimes form an integer kernel (QLinearConv)
+    only from DQ -> op -> Q; without a Q after it, a layer whose consumers are float (a residual
+    add, a float layer) runs as a float op behind dequantized weights."""
     module.__class__ = quant_class(type(module))
     module.weight_format = fmt
     module.register_buffer("weight_clip", search_clip(module.weight.detach(), fmt))
     module.act_quant = ActQuant(symmetric_activations) if activations else None
+    module.out_quant = ActQuant(symmetric_activations) if output else None

@@ -7,7 +7,7 @@ from typing import Any
 from .. import __version__
 from ..budget import judge
 from ..context import Context
-from ..latency import predicted
+from ..plan import Plan, predicted_latency
 
 
 def assemble(ctx: Context) -> dict[str, Any]:
@@ -70,19 +70,19 @@ def assemble(ctx: Context) -> dict[str, Any]:
         "layer_latency": ctx.read_json("latency", "table.json"),
     }
     report["latency_prediction"] = prediction_vs_measurement(
-        report["layer_latency"]["layers"], report["speedups"]
+        report["layer_latency"]["layers"], ctx.plan, report["speedups"]
     )
     report["budget"] = judge(report, ctx.recipe.plan)
     return report
 
 
-def prediction_vs_measurement(layers: list[dict], measured: list[dict]) -> list[dict]:
+def prediction_vs_measurement(layers: list[dict], plan: Plan, measured: list[dict]) -> list[dict]:
     """Per target runtime and batch: the student/teacher ratio the per-layer table predicts for
     the compressible layers, beside the whole-model ratio bench measured."""
     ratios = {f"{s['target']}/{s['runtime']} b{s['batch']}": 1 / s["speedup_p50"] for s in measured}
     return [
         {"where": key, **totals, "measured_student_over_teacher": ratios.get(key)}
-        for key, totals in predicted(layers).items()
+        for key, totals in predicted_latency(layers, plan).items()
     ]
 
 

@@ -48,9 +48,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Predicted vs measured latency",
         "",
-        "Each compressible layer alone at the teacher's shapes, float vs the plan's weight and",
-        "activation choice (channel pruning and 2:4 are not in the prediction), timed on the",
-        "runtime and summed, beside the student/teacher ratio bench measured for the whole model.",
+        "Each compressible layer alone, float vs as the plan leaves it (channels kept, weight and",
+        "activation format), timed on the runtime (or, for runtimes this machine cannot run, a",
+        "cost model from the target file) and summed, beside the student/teacher ratio bench",
+        "measured for the whole model. Layer times include each call's fixed overhead.",
         "",
         *_prediction(report["latency_prediction"]),
         "",
@@ -135,14 +136,15 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _prediction(rows: list[dict[str, Any]]) -> list[str]:
-    header = ["target/runtime batch", "layers float ms", "layers planned ms", "predicted ratio",
+    header = ["target/runtime batch", "from", "layers float", "layers planned", "predicted ratio",
               "measured ratio"]  # fmt: skip
     table = []
     for p in rows:
-        measured = p["measured_student_over_teacher"]
+        measured, predicted = p["measured_student_over_teacher"], p["planned_over_float"]
+        unit = " ms" if p["source"] == "measured" else ""  # a cost model has no unit
         table.append(
-            (p["where"], f"{p['float_ms']:.3f}", f"{p['planned_ms']:.3f}",
-             f"{p['planned_over_float']:.2f}x", f"{measured:.2f}x" if measured else "–")
+            (p["where"], p["source"], f"{p['float_ms']:.3f}{unit}", f"{p['planned_ms']:.3f}{unit}",
+             f"{predicted:.2f}x" if predicted else "–", f"{measured:.2f}x" if measured else "–")
         )  # fmt: skip
     return _table(header, table)
 

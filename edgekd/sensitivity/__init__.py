@@ -1,10 +1,11 @@
-"""Stage 1, sensitivity: what each layer's planned compression costs alone, before any training.
+"""Stage 1, sensitivity: what each candidate compression of each layer costs alone, before training.
 
-For every layer the plan compresses, each part of its choice (channels removed, 2:4 mask, low-bit
-weights, int8 input activations) and the whole choice are applied to the teacher, that layer only,
-and the result is compared with the teacher on calibration inputs (the validation split): top-1
-agreement and KL divergence. The report shows it per layer and the gate names the layers that
-hurt most when a student misses its accuracy budget.
+For every layer, each part of its candidate choices (channels removed at each keep ratio, the 2:4
+mask, each low-bit weight format with its input precision) is applied to the teacher, that layer
+only, and the result is compared with the teacher on calibration inputs (the validation split):
+top-1 agreement and KL divergence. The plan stage adds the parts up to predict each candidate's
+damage; the report shows them and the gate names the layers that hurt most when a student misses
+its accuracy budget.
 
 Channels are removed by the same Torch-Pruning call the prune stage makes; weights are quantized
 after BatchNorm folding, as distillation trains them.
@@ -24,7 +25,7 @@ from torch import nn
 from ..atomic import write_json
 from ..context import Context
 from ..evaluate import predict, torch_fn
-from ..plan import LayerPlan, Plan
+from ..plan import CHOICE_FIELDS, LayerPlan, Plan, format_label
 from ..prune.sparsity import apply_2of4
 from ..prune.structured import prune_channels
 from ..quant import WeightFormat, fold_batchnorm, quantize_weight
@@ -40,18 +41,18 @@ def run(ctx: Context) -> Context:
     began = time.perf_counter()
     reference = predict(torch_fn(ctx.teacher), x)
     per_input = (time.perf_counter() - began) / len(x)
-    choices = [(lp, choice, parts) for lp in ctx.plan.layers for choice, parts in _choices(lp)]
+    choices = [(lp, label, part) for lp in ctx.space.layers for label, part in _choices(lp)]
     n = int(min(len(x), max(MIN_CALIBRATION, SECONDS / (per_input * max(len(choices), 1)))))
     x, reference = x[:n], reference[:n]
     folded = fold_batchnorm(copy.deepcopy(ctx.teacher).eval(), ctx.example)  # once: slow on CNNs
-    ranges = _input_ranges(folded, [lp.name for lp in ctx.plan.layers], x)
+    ranges = _input_ranges(folded, [lp.name for lp in ctx.space.layers], x)
     rows, unmeasured = [], []
-    for lp, choice, parts in choices:
+    for lp, choice, part in choices:
         if lp.name not in ranges:  # e.g. attention's out_proj, used without calling the module
             unmeasured.append({"layer": lp.name, "choice": choice, "reason": "not called"})
             continue
-        model, coupled = _apply(ctx.teacher, folded, ctx.plan, lp, parts, ctx.example, ranges)
-        if coupled and parts == {"channels"}:
+        model, coupled = _apply(ctx.teacher, folded, ctx.space, lp, part, ctx.example, ranges)
+        if coupled and set(part) == {"keep_ratio"}:
             unmeasured.append({"layer": lp.name, "choice": choice, "reason": coupled})
             continue
         row = {"layer": lp.name, "choice": choice, **damage(predict(torch_fn(model), x), reference)}
@@ -91,27 +92,23 @@ def damage(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     }
 
 
-def _choices(lp: LayerPlan) -> Iterator[tuple[str, set[str]]]:
-    """Each part of the layer's planned choice alone, then all of them together."""
-    parts = {
-        "channels": lp.keep_ratio < 1.0,
-        "2:4": lp.sparsity == "2:4",
-        "weights": lp.weight_bits is not None,
-        "activations": lp.activation_bits is not None,
-    }
-    chosen = {name for name, on in parts.items() if on}
-    labels = {
-        "channels": f"keep {lp.keep_ratio:g}",
-        "2:4": "2:4",
-        "weights": f"W{lp.weight_bits} "
-        + (f"block {lp.block_size}" if lp.block_size else "per-channel")
-        + (" sym" if lp.symmetric else " asym"),
-        "activations": f"A{lp.activation_bits}",
-    }
-    for name in sorted(chosen, key=list(parts).index):
-        yield labels[name], {name}
-    if len(chosen) > 1:
-        yield "planned", chosen
+def _choices(lp: LayerPlan) -> Iterator[tuple[str, dict]]:
+    """Each part of the layer's candidates alone (channels at each keep ratio, 2:4, each weight
+    format with its input precision), then, for a single planned choice of several parts, the
+    whole of it. The plan stage adds parts up to judge a candidate."""
+    parts: dict[str, dict] = {}
+    for c in lp.candidates:
+        if c["keep_ratio"] < 1.0:
+            parts[f"keep {c['keep_ratio']:g}"] = {"keep_ratio": c["keep_ratio"]}
+        if c["sparsity"]:
+            parts["2:4"] = {"sparsity": c["sparsity"]}
+        if c["weight_bits"] is not None:
+            parts[format_label(c)] = {
+                f: c[f] for f in CHOICE_FIELDS if f not in ("keep_ratio", "sparsity")
+            }
+    yield from parts.items()
+    if len(lp.candidates) == 1 and len(parts) > 1:
+        yield "planned", lp.candidates[0]
 
 
 def _apply(
@@ -119,25 +116,27 @@ def _apply(
     folded: nn.Module,
     plan: Plan,
     lp: LayerPlan,
-    parts: set[str],
+    part: dict,
     example,
     ranges: dict[str, tuple[float, float]],
 ) -> tuple[nn.Module, str | None]:
-    """A copy of the teacher with ``parts`` of ``lp``'s choice applied to that layer alone
-    (no ``torch.no_grad`` here: Torch-Pruning traces its dependency graph through autograd),
-    and why its channels could not be removed alone, if they were asked for and were not.
+    """A copy of the teacher with ``part`` of a choice (any of CHOICE_FIELDS) applied to
+    ``lp``'s layer alone (no ``torch.no_grad`` here: Torch-Pruning traces its dependency graph
+    through autograd), and why its channels could not be removed alone, if they were asked for
+    and were not.
 
     ``folded``: the teacher with BatchNorm folded, which computes the same function. A 2:4 mask
     is the same on folded weights: folding scales whole output channels, and each group of 4
     lies within one."""
     coupled = None
-    if "channels" not in parts:
+    keep = part.get("keep_ratio", 1.0)
+    if keep >= 1.0:
         model = copy.deepcopy(folded)
     else:
         model = copy.deepcopy(teacher).eval()
         alone = Plan(
             layers=[
-                dataclasses.replace(other, keep_ratio=other.keep_ratio if other is lp else 1.0)
+                dataclasses.replace(other, keep_ratio=keep if other is lp else 1.0)
                 for other in plan.layers
             ],
             targets=plan.targets,
@@ -148,14 +147,14 @@ def _apply(
             coupled = "coupled with other layers' channels: not removable alone"
         model = fold_batchnorm(model, example)
     layer = model.get_submodule(lp.name)
-    if "2:4" in parts:
+    if part.get("sparsity") == "2:4":
         apply_2of4(layer)
-    if "weights" in parts:
-        fmt = WeightFormat(lp.weight_bits, lp.symmetric, lp.block_size)
+    if part.get("weight_bits") is not None:
+        fmt = WeightFormat(part["weight_bits"], part["symmetric"], part["block_size"])
         clip = search_clip(layer.weight, fmt)  # the clipping distillation starts from
         with torch.no_grad():
             layer.weight.copy_(quantize_weight(layer.weight, fmt, clip).dequantize())
-    if "activations" in parts:
+    if part.get("activation_bits") is not None:
         _quantize_input(layer, *ranges[lp.name])
     return model, coupled
 

@@ -1,11 +1,14 @@
-"""The CompressionPlan: recipe + targets + teacher resolved into one decision per layer.
+"""Recipe + targets + teacher resolved into the choices each layer may take.
 
-Written once per run (``plan.json``) and read by every later stage and by the report, so that
-what was trained, what was exported and what the report claims can never drift apart.
+A fixed preset gives each layer one choice. A searching recipe (``plan.search``, the ``auto``
+preset) gives each layer its candidates: channel keep ratios, the weight formats the targets run
+faster than float, 2:4 where a target accelerates it. The sensitivity and latency stages measure
+the candidates and the plan stage picks one per layer (``search.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UsageError
-from .recipe import Recipe
-from .targets import Target
+from ..errors import UsageError
+from ..recipe import Recipe
+from ..targets import Target
 
 COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -32,9 +35,77 @@ class LayerPlan:
     symmetric: bool
     activation_bits: int | None  # None: float activations
     activation_symmetric: bool = False  # zero point 0, for runtimes that need it (TensorRT)
+    feeds_output: bool = False  # the model's output comes from it with no layer in between
     runs_as: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> how it executes
     kernels: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> int8, int4, float
     notes: list[str] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # CHOICE_FIELDS each
+
+
+# The fields of a LayerPlan that one choice sets; the rest describe the layer.
+CHOICE_FIELDS = (
+    "keep_ratio", "sparsity", "weight_bits", "block_size", "symmetric", "activation_bits",
+    "activation_symmetric",
+)  # fmt: skip
+
+
+def choice_of(lp: LayerPlan) -> dict[str, Any]:
+    return {f: getattr(lp, f) for f in CHOICE_FIELDS}
+
+
+def format_label(choice: dict[str, Any]) -> str:
+    """The number format alone, e.g. ``W4 block 32 asym`` or ``W8 per-channel sym, A8``."""
+    if choice.get("weight_bits") is None:
+        return "float"
+    granularity = f"block {choice['block_size']}" if choice.get("block_size") else "per-channel"
+    acts = f", A{choice['activation_bits']}" if choice.get("activation_bits") else ""
+    sym = "sym" if choice.get("symmetric") else "asym"
+    return f"W{choice['weight_bits']} {granularity} {sym}{acts}"
+
+
+def part_labels(choice: dict[str, Any]) -> list[str]:
+    """The parts of a choice the sensitivity stage measures alone, by their row labels."""
+    parts = [f"keep {choice['keep_ratio']:g}"] if choice["keep_ratio"] < 1.0 else []
+    parts += ["2:4"] if choice["sparsity"] else []
+    return parts + ([format_label(choice)] if choice["weight_bits"] is not None else [])
+
+
+def choice_label(choice: dict[str, Any]) -> str:
+    """e.g. ``keep 0.5, 2:4, W8 per-channel sym, A8``; ``float`` for the teacher's own layer."""
+    parts = [f"keep {choice['keep_ratio']:g}"] if choice.get("keep_ratio", 1.0) < 1.0 else []
+    parts += ["2:4"] if choice.get("sparsity") else []
+    fmt = format_label(choice)
+    return ", ".join([*parts, fmt] if fmt != "float" or not parts else parts)
+
+
+def kept_shape(weight_shape: list[int], keep: float, inputs_pruned: bool) -> list[int]:
+    """A weight's shape once ``keep`` of its output channels remain, and of its input channels
+    when the layer before is pruned alike (a depthwise weight has one input per group).
+    Torch-Pruning (``round_to=4`` in ``prune.structured``) keeps ``int(n * keep)`` rounded down
+    to a multiple of 4."""
+    out, fan_in, *kernel = weight_shape
+
+    def kept(n: int) -> int:
+        k = int(n * keep)
+        return n if keep >= 1.0 else max(k - k % 4, min(k, 1))
+
+    return [kept(out), kept(fan_in) if inputs_pruned and fan_in > 1 else fan_in, *kernel]
+
+
+def with_choice(lp: LayerPlan, choice: dict[str, Any], runtimes: list) -> LayerPlan:
+    """``lp`` set to one of its candidates, with how each ``(target, runtime)`` runs it."""
+    chosen = dataclasses.replace(lp, **{f: choice[f] for f in CHOICE_FIELDS})
+    chosen.runs_as = {
+        f"{t.name}/{rt.name}": rt.runs_as(
+            lp.op, chosen.weight_bits, chosen.sparsity == "2:4", chosen.activation_bits
+        )
+        for t, rt in runtimes
+    }
+    chosen.kernels = {
+        f"{t.name}/{rt.name}": rt.kernel(lp.op, chosen.weight_bits, chosen.activation_bits)
+        for t, rt in runtimes
+    }
+    return chosen
 
 
 @dataclass
@@ -44,6 +115,7 @@ class Plan:
     adjustments: list[str]  # requests a target could not run, and what they became
     # target -> the CPU its facts were resolved for, and each runtime's default precision there
     target_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)  # how the choices were picked, if searched
 
     def layer(self, name: str) -> LayerPlan | None:
         return next((lp for lp in self.layers if lp.name == name), None)
@@ -58,6 +130,7 @@ class Plan:
             targets=data["targets"],
             adjustments=data["adjustments"],
             target_facts=data.get("target_facts", {}),  # absent in runs made before CPU facts
+            search=data.get("search", {}),
         )
 
 
@@ -130,10 +203,10 @@ def resolve_plan(
         keep, sparsity = _prune_choice(recipe.prune, name, module, name in outputs, notes)
         bits, block = _weight_choice(recipe.quant, name, module, notes)
         bits, reasons = _legal_bits(bits, op, runtimes, recipe.quant.symmetric or bool(strict))
-        for why in reasons:
+        for why in reasons if not recipe.plan.search else ():  # a search reports its own
             adjustments.setdefault(why, []).append(name)
         symmetric = recipe.quant.symmetric
-        if strict and not symmetric and bits is not None:
+        if strict and not symmetric and bits is not None and not recipe.plan.search:
             symmetric = True
             adjustments.setdefault(
                 f"asymmetric -> symmetric quantization: {', '.join(strict)} needs zero points of 0",
@@ -151,15 +224,16 @@ def resolve_plan(
             symmetric=symmetric,
             activation_bits=recipe.quant.activation_bits if quantized_acts else None,
             activation_symmetric=bool(strict) and quantized_acts,
+            feeds_output=name in outputs,
             notes=notes,
         )
-        lp.runs_as = {
-            f"{t.name}/{rt.name}": rt.runs_as(op, bits, sparsity == "2:4", lp.activation_bits)
-            for t, rt in runtimes
-        }
-        lp.kernels = {
-            f"{t.name}/{rt.name}": rt.kernel(op, bits, lp.activation_bits) for t, rt in runtimes
-        }
+        if recipe.plan.search:
+            removable = not _matches(name, recipe.prune.skip) and name not in outputs
+            lp.candidates = _candidates(recipe, name, module, op, removable, runtimes, strict)
+            lp.notes = [n for n in notes if n.startswith(("prune.skip", "model output"))]
+        else:
+            lp.candidates = [choice_of(lp)]
+        lp = with_choice(lp, lp.candidates[0], runtimes)
         layers.append(lp)
     if not layers:
         raise UsageError("the teacher has no Conv or Linear layers to compress")
@@ -177,6 +251,57 @@ def resolve_plan(
             for t in targets
         },
     )
+
+
+FLOAT = {"weight_bits": None, "block_size": None, "symmetric": False, "activation_bits": None,
+         "activation_symmetric": False}  # fmt: skip
+SEARCH_BLOCK = 32  # blocked INT4 along the input: the form MatMulNBits and OpenVINO's u4 take
+
+
+def _candidates(
+    recipe: Recipe, name: str, module: nn.Module, op: str, removable: bool, runtimes: list,
+    strict: list[str],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every choice a search may give this layer; the first is the teacher's own (dense float).
+
+    Weight formats are the widths some target runtime runs faster than float (target files,
+    measured by benchmarks/cpu_kernels.py) and every runtime loads, with the input precision
+    their kernels need; both input precisions where no runtime insists. 2:4 only where a
+    runtime has sparse kernels for the op and the layer meets NVIDIA's shape rule for them
+    (output channels % 8, input % 16). A ``quant.overrides`` entry fixes the layer's format."""
+    keeps = sorted({1.0, *(k for k in recipe.plan.keep_ratios if removable and k < 1.0)})[::-1]
+    fixed = [ov for ov in recipe.quant.overrides if ov.weight_bits and _matches(name, [ov.match])]
+    widths: list[int | None]
+    if fixed:
+        widths = [None if fixed[-1].weight_bits == "float" else fixed[-1].weight_bits]
+    else:
+        loadable = set.intersection(*(set(rt.loads(op)) for _, rt in runtimes))
+        fast = {b for _, rt in runtimes for b in rt.faster_than_float.get(op, ())} & loadable
+        widths = [None, *sorted(fast, reverse=True)]
+    formats = []
+    for bits in widths:
+        if bits is None:
+            formats.append(FLOAT)
+            continue
+        symmetric = bits == 8 or recipe.quant.symmetric or bool(strict)
+        bits, _ = _legal_bits(bits, op, runtimes, symmetric)
+        block = (
+            SEARCH_BLOCK
+            if bits <= 4 and op != "Conv" and module.weight.shape[1] % SEARCH_BLOCK == 0
+            else None
+        )
+        int8_in = any(op in rt.needs_int8_activations for _, rt in runtimes)
+        float_in = any(op in rt.needs_float_activations for _, rt in runtimes)
+        for acts in ([8] if int8_in or not float_in else []) + (
+            [None] if float_in or not int8_in else []
+        ):
+            formats.append({"weight_bits": bits, "block_size": block, "symmetric": symmetric,
+                            "activation_bits": acts, "activation_symmetric": bool(strict) and acts == 8})  # fmt: skip
+    out, fan_in = module.weight.shape[:2]
+    sparse = [None]
+    if any(op in rt.sparse_2of4 for _, rt in runtimes) and out % 8 == 0 and fan_in % 16 == 0:
+        sparse.append("2:4")
+    return [{"keep_ratio": k, "sparsity": s, **f} for k in keeps for s in sparse for f in formats]
 
 
 def _prune_choice(
@@ -278,6 +403,14 @@ def _check_recipe_values(recipe: Recipe) -> None:
             recipe.plan.latency_target is None or recipe.plan.latency_target > 0,
             "null or > 0 (student p50 / teacher p50)",
         ),
+        (
+            "plan.keep_ratios",
+            recipe.plan.keep_ratios,
+            all(0.0 < k <= 1.0 for k in recipe.plan.keep_ratios),
+            "a list of ratios in (0, 1]",
+        ),
+        ("plan.recovery", recipe.plan.recovery, recipe.plan.recovery > 0, "> 0"),
+        ("plan.max_rounds", recipe.plan.max_rounds, recipe.plan.max_rounds >= 1, ">= 1"),
     ]
     blocks = [("quant.block_size", recipe.quant.block_size)] + [
         (f"quant.overrides[{i}].block_size", o.block_size)

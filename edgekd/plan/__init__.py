@@ -1,0 +1,175 @@
+"""Stage 3, plan: one choice per layer, written to ``plan/plan.json``, which every later stage,
+the report and ``inspect`` read.
+
+A fixed preset's plan is the recipe resolved for the targets. A search (``plan.search``) turns
+the sensitivity and latency tables into an option per candidate (predicted damage in points,
+cost in the objective's units) and picks one per layer with ``search.greedy``.
+
+Damage is the candidate's KL divergence from the teacher, summed over its parts (channels, 2:4,
+format) and turned into points of top-1 agreement by the rate the sensitivity rows themselves
+show (points lost per nat of KL, over every row measured), since agreement on a few calibration
+inputs moves in steps of whole inputs while KL does not. Latency cost is each layer's measured
+time as a fraction of the float layers' total, averaged over the runtimes and batch sizes timed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from ..atomic import write_json
+from .resolve import (
+    CHOICE_FIELDS,
+    COMPRESSIBLE,
+    LayerPlan,
+    Plan,
+    choice_label,
+    choice_of,
+    format_label,
+    kept_shape,
+    part_labels,
+    resolve_plan,
+    sparsity_ineligible,
+    trace_layers,
+    with_choice,
+)
+from .search import Option, greedy
+
+if TYPE_CHECKING:  # context.py imports the plan types from here
+    from ..context import Context
+
+__all__ = [
+    "CHOICE_FIELDS", "COMPRESSIBLE", "LayerPlan", "Plan", "choice_label", "choice_of",
+    "format_label", "kept_shape", "part_labels", "points_per_kl", "predicted_latency", "resolve_plan", "run", "searched", "sparsity_ineligible",
+    "trace_layers",
+]  # fmt: skip
+
+
+def run(ctx: Context) -> Context:
+    space = ctx.space
+    if ctx.recipe.plan.search:
+        plan = searched(
+            space,
+            ctx.read_json("sensitivity", "sensitivity.json"),
+            ctx.read_json("latency", "table.json"),
+            ctx.recipe.plan,
+            [(t, rt) for t in ctx.targets for rt in t.runtimes],
+            ctx.round,
+        )
+        found = plan.search
+        ctx.log(
+            f"  round {found['round'] + 1}: predicted drop {found['predicted_drop_pts']:.2f} of "
+            f"{found['budget_pts']:.2f} pts (before training), {len(found['moves'])} moves"
+        )
+        for key, p in predicted_latency(
+            ctx.read_json("latency", "table.json")["layers"], plan
+        ).items():
+            ctx.log(f"  {key}: layers {p['float_ms']:.3f} ms float -> {p['planned_ms']:.3f} ms")
+        ctx.metrics.update(round=found["round"], predicted_drop_pts=found["predicted_drop_pts"])
+    else:
+        plan = space
+    write_json(ctx.out("plan.json"), plan.to_dict())
+    ctx.metrics.update(choices=dict(Counter(choice_label(choice_of(lp)) for lp in plan.layers)))
+    return ctx
+
+
+def searched(
+    space: Plan, sensitivity: dict, table: dict, cfg: Any, runtimes: list, round_: int = 0
+) -> Plan:
+    """The plan the search picks from ``space`` under ``cfg`` (the recipe's ``plan`` section)."""
+    kl = {(r["layer"], r["choice"]): r["kl"] for r in sensitivity["layers"]}
+    rate = points_per_kl(sensitivity)
+    costs = _latency_costs(table) if cfg.objective == "latency" else _size_costs(space)
+    options = {}
+    for lp in space.layers:
+        options[lp.name] = [
+            Option(choice_label(c), rate * damage, cost)
+            for c in lp.candidates
+            if (damage := _damage(lp.name, c, kl)) is not None
+            and (cost := costs(lp, c)) is not None
+        ] or [Option(choice_label(lp.candidates[0]), 0.0, 0.0)]
+    budget = cfg.max_accuracy_drop * cfg.recovery / 2**round_
+    picked, moves = greedy(options, budget)
+    layers = []
+    for lp in space.layers:
+        choice = next(c for c in lp.candidates if choice_label(c) == picked[lp.name].label)
+        chosen = with_choice(lp, choice, runtimes)
+        chosen.notes = [*lp.notes, f"predicted damage {picked[lp.name].damage:.2f} pts"]
+        layers.append(chosen)
+    plan = Plan(layers, space.targets, space.adjustments, space.target_facts)
+    plan.search = {
+        "objective": cfg.objective,
+        "round": round_,
+        "budget_pts": budget,
+        "points_per_kl": rate,
+        "predicted_drop_pts": sum(o.damage for o in picked.values()),
+        "moves": moves,  # timings stay in the latency table: re-timing alone changes no plan
+    }
+    return plan
+
+
+def points_per_kl(sensitivity: dict) -> float:
+    """Points of top-1 agreement lost per nat of KL, over every sensitivity row; one pseudo
+    flip in the numerator keeps it positive when no calibration input flipped."""
+    rows = sensitivity["layers"]
+    kl = sum(r["kl"] for r in rows)
+    lost = sum((1 - r["agreement"]) * 100 for r in rows) + 100 / max(sensitivity["examples"], 1)
+    return lost / kl if kl > 0 else 0.0
+
+
+def _damage(layer: str, choice: dict, kl: dict) -> float | None:
+    """Summed KL of the choice's parts, or None when a part was not measured."""
+    values = [kl.get((layer, p)) for p in part_labels(choice)]
+    return None if None in values else sum(values)
+
+
+def _latency_costs(table: dict):
+    """cost(layer, choice): the layer's time as a fraction of the float layers' total, averaged
+    over every runtime and batch timed; None where a runtime did not time that choice."""
+    times: dict[tuple[str, str], dict[str, float]] = {}
+    totals: dict[str, float] = {}
+    for r in table["layers"]:
+        key = f"{r['target']}/{r['runtime']} b{r['batch']}"
+        if r["ms"] is not None:
+            times.setdefault((r["layer"], r["choice"]), {})[key] = r["ms"]
+        if r["choice"] == "float" and r["ms"] is not None:
+            totals[key] = totals.get(key, 0.0) + r["ms"]
+
+    def cost(lp: LayerPlan, choice: dict) -> float | None:
+        got = times.get((lp.name, choice_label(choice)), {})
+        if not totals or set(got) != set(totals):
+            return None
+        return sum(ms / totals[key] for key, ms in got.items()) / len(totals)
+
+    return cost
+
+
+def _size_costs(space: Plan):
+    """cost(layer, choice): the weight's bytes after pruning and quantization."""
+    first = space.layers[0].name if space.layers else None
+
+    def cost(lp: LayerPlan, choice: dict) -> float:
+        shape = kept_shape(lp.weight_shape, choice["keep_ratio"], lp.name != first)
+        return math.prod(shape) * (choice["weight_bits"] or 32) / 8
+
+    return cost
+
+
+def predicted_latency(rows: list[dict], plan: Plan) -> dict[str, dict[str, float]]:
+    """``target/runtime b<batch>`` -> the layers' summed time, float and as planned, and the
+    ratio: what the latency table predicts before anything is trained."""
+    chosen = {lp.name: choice_label(choice_of(lp)) for lp in plan.layers}
+    totals: dict[str, dict[str, float]] = {}
+    for r in rows:
+        key = f"{r['target']}/{r['runtime']} b{r['batch']}"
+        if r["ms"] is None or r["layer"] not in chosen:
+            continue
+        t = totals.setdefault(key, {"float_ms": 0.0, "planned_ms": 0.0, "source": r["source"]})
+        if r["choice"] == "float":
+            t["float_ms"] += r["ms"]
+        if r["choice"] == chosen[r["layer"]]:
+            t["planned_ms"] += r["ms"]
+    for t in totals.values():
+        t["planned_over_float"] = t["planned_ms"] / t["float_ms"] if t["float_ms"] else None
+    return totals

@@ -1,0 +1,141 @@
+"""The measured plan: candidates from the target files, the greedy search, and the plan stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import edgekd
+
+from edgekd.plan import (
+    choice_label,
+    choice_of,
+    points_per_kl,
+    predicted_latency,
+    resolve_plan,
+    searched,
+)
+from edgekd.plan.search import Option, greedy
+from edgekd.recipe import load_recipe
+from edgekd.targets import load_target
+
+
+def test_greedy_takes_free_savings_then_the_best_saving_per_point_within_the_budget():
+    layers = {
+        "a": [Option("float", 0, 10), Option("int8", 0, 6)],  # free: always taken
+        "b": [Option("float", 0, 10), Option("keep 0.5", 3, 4), Option("keep 0.25", 9, 2)],
+        "c": [Option("float", 0, 10), Option("keep 0.5", 1, 7)],
+    }
+    picked, moves = greedy(layers, budget=4)
+    assert moves[0] == "a: float -> int8"
+    assert {k: o.label for k, o in picked.items()} == {
+        "a": "int8",
+        "b": "keep 0.5",
+        "c": "keep 0.5",
+    }
+    assert sum(o.damage for o in picked.values()) <= 4
+    tight, _ = greedy(layers, budget=1.5)  # b's 2 per point loses to c's 3 per point
+    assert {k: o.label for k, o in tight.items()} == {"a": "int8", "b": "float", "c": "keep 0.5"}
+
+
+def test_greedy_never_takes_a_slower_choice_even_when_free():
+    picked, moves = greedy({"a": [Option("float", 0, 5), Option("w4 conv", 0, 9)]}, budget=10)
+    assert picked["a"].label == "float" and moves == []
+
+
+def test_cpu_candidates_are_the_formats_the_target_runs_faster_with_the_inputs_they_need(
+    tiny, example
+):
+    space = resolve_plan(load_recipe("auto"), [load_target("x86-cpu-vnni")], tiny, example)
+    conv = space.layer("features.3")
+    labels = {choice_label(c) for c in conv.candidates}
+    w8a8 = "W8 per-channel sym, A8"  # QLinearConv and OpenVINO's int8 conv both need int8 inputs
+    keeps = ["keep 0.75", "keep 0.5", "keep 0.25"]
+    assert labels == {"float", w8a8, *keeps, *(f"{k}, {w8a8}" for k in keeps)}
+    assert all(not c["sparsity"] for lp in space.layers for c in lp.candidates)  # no CPU 2:4
+    out = space.layer("head.3")  # the logits' layer keeps its channels
+    assert {c["keep_ratio"] for c in out.candidates} == {1.0}
+    assert choice_of(conv)["weight_bits"] is None  # before the search: the teacher's own layer
+
+
+def test_gpu_candidates_offer_2of4_only_on_layers_that_meet_the_sparse_shape_rule(tiny, example):
+    space = resolve_plan(load_recipe("auto"), [load_target("nvidia-gpu")], tiny, example)
+    sparse = {lp.name for lp in space.layers if any(c["sparsity"] for c in lp.candidates)}
+    assert sparse == {"head.1"}  # out % 8 and in % 16: 32x64 only, not 8x1, 16x8 or 10x32
+
+
+def _tables(space):
+    """A toy sensitivity and latency table: halving channels costs 0.1 nat and halves the time,
+    int8 is free and 2x faster; 'features.0' is very sensitive to pruning."""
+    kl, rows = [], []
+    for lp in space.layers:
+        for c in lp.candidates:
+            label = choice_label(c)
+            ms = 1.0 * c["keep_ratio"] * (0.5 if c["weight_bits"] else 1.0)
+            rows.append({"target": "x86-cpu", "runtime": "onnxruntime", "batch": 1,
+                         "layer": lp.name, "choice": label, "ms": ms, "source": "measured"})  # fmt: skip
+        for k in {c["keep_ratio"] for c in lp.candidates} - {1.0}:
+            damage = 5.0 if lp.name == "features.0" else 0.1 * (1 - k) * 2
+            kl.append({"layer": lp.name, "choice": f"keep {k:g}", "kl": damage, "agreement": 0.9})
+        kl.append(
+            {"layer": lp.name, "choice": "W8 per-channel sym, A8", "kl": 0.0, "agreement": 1.0}
+        )
+    return {"examples": 100, "layers": kl}, {"layers": rows}
+
+
+def test_search_spends_the_budget_on_the_cheapest_damage_and_protects_the_sensitive_layer(
+    tiny, example
+):
+    target = load_target("x86-cpu-vnni")
+    recipe = load_recipe("auto", ["plan.max_accuracy_drop=1"])
+    space = resolve_plan(recipe, [target], tiny, example)
+    sensitivity, table = _tables(space)
+    plan = searched(
+        space, sensitivity, table, recipe.plan, [(target, rt) for rt in target.runtimes]
+    )
+    chosen = {lp.name: choice_label(choice_of(lp)) for lp in plan.layers}
+    assert chosen["features.0"].startswith("W8") or chosen["features.0"] == "float"
+    assert chosen["features.3"].startswith("keep")
+    assert plan.search["predicted_drop_pts"] <= plan.search["budget_pts"]
+    assert plan.search["budget_pts"] == pytest.approx(1 * recipe.plan.recovery)
+    assert (
+        predicted_latency(table["layers"], plan)["x86-cpu/onnxruntime b1"]["planned_over_float"]
+        < 0.5
+    )
+    rate = points_per_kl(sensitivity)
+    assert rate > 0
+    # a back-off round halves the budget: never more damage than the round before
+    again = searched(
+        space, sensitivity, table, recipe.plan, [(target, rt) for rt in target.runtimes], 1
+    )
+    assert again.search["budget_pts"] == plan.search["budget_pts"] / 2
+    assert again.search["predicted_drop_pts"] <= plan.search["predicted_drop_pts"]
+
+
+def test_the_plan_stage_writes_the_plan_every_later_stage_reads(demo_run):
+    run = demo_run[0]
+    plan = json.loads((run / "plan" / "plan.json").read_text())
+    report = json.loads((run / "report.json").read_text())
+    assert report["plan"] == plan
+    assert plan["search"]["objective"] == "latency" and plan["search"]["moves"]
+    assert plan["search"]["predicted_drop_pts"] <= plan["search"]["budget_pts"]
+    student = report["student"]["channels"]
+    for lp in plan["layers"]:  # what prune did is what the plan says
+        if lp["keep_ratio"] < 1.0:
+            assert student[lp["name"]][1] < student[lp["name"]][0]
+
+
+def test_a_student_that_misses_the_budget_is_searched_again_with_half_the_damage(tmp_path):
+    out = tmp_path / "run"
+    result = edgekd(
+        "compress", "--out", str(out), "--quiet",
+        "--set", "plan.recovery=1000", "--set", "plan.max_accuracy_drop=0.1",
+        "--set", "plan.max_rounds=2", "--set", "distill.epochs=1",
+        "--set", "bench.min_runs=5", "--set", "bench.min_seconds=0.05", "--set", "bench.batches=[1]",
+    )  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    plan = json.loads((out / "plan" / "plan.json").read_text())
+    assert "back-off" in result.stdout + result.stderr
+    assert manifest["plan_round"] == 1 and plan["search"]["round"] == 1
+    if result.returncode:  # still missing after the last round: one line, exit 5
+        assert result.returncode == 5 and "misses its budget" in result.stderr
