@@ -85,12 +85,16 @@ def test_cli_prints_summary_table_and_report_path(demo_run):
 def test_report_shows_what_each_runtime_really_executed(demo_run):
     report = _report(demo_run[0])
     ran = {(e["runtime"], e["model"]): e["kernels"] for e in report["executed"]}
-    # the plan's int8 convs ran as integer kernels: OpenVINO's u8 Convolution, ORT's QLinearConv
-    assert any(lp["kernels"]["x86-cpu/onnxruntime"] == "int8" for lp in report["plan"]["layers"])
-    assert any(k.startswith("Convolution:u8") for k in ran[("openvino", "student")])
+    # the plan's int8 convs ran as integer kernels: ORT's QLinearConv, OpenVINO's u8 Convolution
+    int8 = {(lp["op"], k.split("/")[1]) for lp in report["plan"]["layers"]
+            for k, kind in lp["kernels"].items() if kind == "int8"}  # fmt: skip
+    assert int8  # the auto plan chose int8 somewhere on the demo
+    ort_conv = any(k.endswith("QLinearConv") for k in ran[("onnxruntime", "student")])
+    assert ort_conv == (("Conv", "onnxruntime") in int8)
+    ov_conv = any(k.startswith("Convolution:u8") for k in ran[("openvino", "student")])
+    assert ov_conv == (("Conv", "openvino") in int8)
     assert not any(":u8" in k or ":i8" in k for k in ran[("openvino", "teacher")])
-    assert "QLinearConv" in ran[("onnxruntime", "student")]
-    assert "QLinearConv" not in ran[("onnxruntime", "teacher")]
+    assert not any(k.endswith("QLinearConv") for k in ran[("onnxruntime", "teacher")])
     assert "What each runtime really executed" in (demo_run[0] / "report.md").read_text()
 
 

@@ -128,7 +128,7 @@ def test_the_plan_stage_writes_the_plan_every_later_stage_reads(demo_run):
 def test_a_student_that_misses_the_budget_is_searched_again_with_half_the_damage(tmp_path):
     out = tmp_path / "run"
     result = edgekd(
-        "compress", "--out", str(out), "--quiet",
+        "compress", "--out", str(out),
         "--set", "plan.recovery=1000", "--set", "plan.max_accuracy_drop=0.1",
         "--set", "plan.max_rounds=2", "--set", "distill.epochs=1",
         "--set", "bench.min_runs=5", "--set", "bench.min_seconds=0.05", "--set", "bench.batches=[1]",
