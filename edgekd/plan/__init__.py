@@ -49,10 +49,11 @@ __all__ = [
 def run(ctx: Context) -> Context:
     space = ctx.space
     if ctx.recipe.plan.search:
+        table = ctx.read_json("latency", "table.json")
         plan = searched(
             space,
             ctx.read_json("sensitivity", "sensitivity.json"),
-            ctx.read_json("latency", "table.json"),
+            table,
             ctx.recipe.plan,
             [(t, rt) for t in ctx.targets for rt in t.runtimes],
             ctx.round,
