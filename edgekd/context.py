@@ -40,6 +40,7 @@ class Context:
     outputs: list[Path] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     round: int = 0  # the plan search's back-off round
+    budget_pts: float | None = None  # its damage budget after a back-off; None: the recipe's
     _plan: tuple[int, Plan] | None = field(default=None, repr=False)
 
     @property

@@ -106,20 +106,32 @@ def compress(
         try:
             _run_stage(ctx, name, STAGES[name], inputs)
         except BudgetMiss as miss:
-            if not (miss.accuracy and _back_off(ctx)):
+            if miss.accuracy_drop is None or not _back_off(ctx, miss.accuracy_drop):
                 raise
             log(f"  {miss.message}")
-            log(f"back-off: searching again with half the damage budget (round {ctx.round + 1})")
+            log(
+                f"back-off: predicted {ctx.plan.search['predicted_drop_pts']:.2f} pts before "
+                f"training, measured {miss.accuracy_drop:.2f} after; searching again within "
+                f"{ctx.budget_pts:.2f} pts (round {ctx.round + 1})"
+            )
             todo = list(STAGES)[list(STAGES).index("plan") :]
     return run.path
 
 
-def _back_off(ctx: Context) -> bool:
-    """Start the next search round if the recipe searches and rounds are left."""
+def _back_off(ctx: Context, measured_drop: float) -> bool:
+    """Start the next search round if the recipe searches and rounds are left.
+
+    Its damage budget is half the last one, or less where the last round's measured drop shows
+    the prediction was optimistic: scaled by predicted/measured, it aims the next prediction at
+    what the budget allows. So every round changes the plan, and by what was measured."""
     if not ctx.recipe.plan.search or ctx.round + 1 >= ctx.recipe.plan.max_rounds:
         return False
+    last = ctx.plan.search
+    scaled = last["predicted_drop_pts"] * ctx.recipe.plan.max_accuracy_drop / measured_drop
+    ctx.budget_pts = min(last["budget_pts"] / 2, scaled)
     ctx.round += 1
     ctx.run.manifest["plan_round"] = ctx.round  # a resumed run goes on from this round
+    ctx.run.manifest["plan_budget_pts"] = ctx.budget_pts
     ctx.run.manifest["fingerprints"]["plan"] = _plan_fingerprint(ctx)
     ctx.run.save()
     return True
@@ -169,7 +181,12 @@ def _context(
     for note in space.adjustments:
         log(f"plan: {note}")
     ctx = Context(
-        run=run, log=log, progress=progress, round=run.manifest.get("plan_round", 0), **parts
+        run=run,
+        log=log,
+        progress=progress,
+        round=run.manifest.get("plan_round", 0),
+        budget_pts=run.manifest.get("plan_budget_pts"),
+        **parts,
     )
     run.manifest["fingerprints"] = _fingerprints(recipe, parts["targets"], space, teacher, data)
     run.manifest["fingerprints"]["plan"] = _plan_fingerprint(ctx)
@@ -231,7 +248,7 @@ def _fingerprints(recipe, targets, space, teacher, data) -> dict[str, str]:
 
 def _plan_fingerprint(ctx: Context) -> str:
     """The candidates and runtimes the plan is resolved from, the budget, and the round."""
-    return _fingerprint(ctx.space.to_dict(), ctx.recipe.plan, ctx.round)
+    return _fingerprint(ctx.space.to_dict(), ctx.recipe.plan, ctx.round, ctx.budget_pts)
 
 
 def _inputs(ctx: Context, name: str) -> dict[str, str]:
@@ -264,7 +281,7 @@ def _run_stage(
     ctx.log(f"✓ {name} ({seconds:.1f} s)")
 
 
-QUANT_FORMAT = 3  # 2: searched weight clipping; 3: int8 outputs; older students train again
+QUANT_FORMAT = 4  # 2: weight clipping; 3: int8 outputs; 4: outputs within the activation
 
 
 def _fingerprint(*parts: Any) -> str:

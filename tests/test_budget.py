@@ -103,3 +103,14 @@ def test_each_disagreement_reports_the_references_top2_margin():
     assert result["disagreements"] == [
         {"index": 0, "reference_margin": pytest.approx(0.01), "max_abs_error": pytest.approx(0.02)}
     ]
+
+
+def test_verify_fails_an_export_only_when_its_agreement_interval_is_below_the_threshold():
+    from edgekd.verify import agreement_interval
+
+    def top(agreeing: int, n: int) -> float:
+        return agreement_interval({"top1_agreement_beyond_ties": agreeing / n}, n)[1]
+
+    assert top(29, 30) >= 0.99  # one integer-rounding flip in 30 cannot judge a 99% export
+    assert top(28, 30) < 0.99  # two can
+    assert top(995, 1000) >= 0.99 and top(980, 1000) < 0.99

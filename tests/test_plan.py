@@ -17,7 +17,7 @@ def test_plan_marks_2of4_only_where_input_dim_is_multiple_of_4(tiny, example):
 
 
 def test_output_layer_keeps_its_channels(tiny, example):
-    assert trace_layers(tiny, example)[0] == {"head.3"}
+    assert trace_layers(tiny, example).outputs == {"head.3"}
     plan = resolve_plan(load_recipe("small"), [load_target("x86-cpu")], tiny, example)
     assert plan.layer("head.3").keep_ratio == 1.0
     assert plan.layer("head.1").keep_ratio == 0.5
@@ -99,3 +99,28 @@ def test_tensorrt_targets_get_symmetric_int8_convs_and_int4_matmuls(tiny, exampl
     assert any("W4 -> W8" in a and "Conv" in a for a in plan.adjustments)
     assert any("symmetric" in a and "zero points of 0" in a for a in plan.adjustments)
     assert conv.runs_as["jetson-orin/tensorrt"] == "int8 kernel, 2:4 sparse kernel"
+
+
+def test_trace_finds_the_clamping_activation_after_each_layer_past_batchnorm():
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3)
+            self.bn = nn.BatchNorm2d(8)
+            self.b = nn.Conv2d(8, 8, 1)
+            self.c = nn.Conv2d(8, 8, 1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = nn.functional.relu6(self.bn(self.a(x)))  # BatchNorm folds away: a is clamped
+            y = self.b(x)
+            x = torch.relu(y) + y  # b's output has a second, unclamped consumer
+            x = self.c(x).clamp(-1.0, 1.0)
+            return self.fc(x.mean((2, 3)))
+
+    traced = trace_layers(Net().eval(), torch.randn(2, 3, 8, 8))
+    assert traced.clamps == {"a": [0.0, 6.0], "c": [-1.0, 1.0]}
+    assert traced.outputs == {"fc"}

@@ -125,7 +125,7 @@ def test_the_plan_stage_writes_the_plan_every_later_stage_reads(demo_run):
             assert student[lp["name"]][1] < student[lp["name"]][0]
 
 
-def test_a_student_that_misses_the_budget_is_searched_again_with_half_the_damage(tmp_path):
+def test_a_student_that_misses_the_budget_is_searched_again_within_a_measured_budget(tmp_path):
     out = tmp_path / "run"
     result = edgekd(
         "compress", "--out", str(out),
@@ -137,5 +137,8 @@ def test_a_student_that_misses_the_budget_is_searched_again_with_half_the_damage
     plan = json.loads((out / "plan" / "plan.json").read_text())
     assert "back-off" in result.stdout + result.stderr
     assert manifest["plan_round"] == 1 and plan["search"]["round"] == 1
+    # at most half the first budget, and less where training lost more than predicted
+    assert plan["search"]["budget_pts"] == manifest["plan_budget_pts"] <= 1000 * 0.1 / 2
+    assert plan["search"]["predicted_drop_pts"] <= plan["search"]["budget_pts"]
     if result.returncode:  # still missing after the last round: one line, exit 5
         assert result.returncode == 5 and "misses its budget" in result.stderr

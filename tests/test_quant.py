@@ -143,3 +143,15 @@ def test_searched_clipping_cuts_quantization_error_on_heavy_tailed_weights(block
     clipped = (quantize_weight(w, fmt, clip).dequantize() - w).pow(2).sum()
     assert clipped < minmax and ((clip >= 0.5) & (clip <= 1.0)).all()
     assert (search_clip(torch.zeros(4, 8), fmt) == 1).all()  # nothing to clip
+
+
+def test_an_output_observer_spends_its_codes_within_the_following_activation():
+    act = ActQuant(clamp=[0.0, 6.0]).train()
+    act(torch.linspace(-50.0, 90.0, 1000))  # a depthwise conv's output before its ReLU6
+    act.eval()
+    scale, zero_point = act.qparams()
+    assert scale == pytest.approx(6.0 / 255) and zero_point == -128  # 0 and 6 both exact
+    x = torch.linspace(-50.0, 90.0, 1000)
+    torch.testing.assert_close(
+        act(x).clamp(0, 6), act(x.clamp(0, 6)), rtol=0, atol=0
+    )  # quantizing before the ReLU6 is quantizing after it

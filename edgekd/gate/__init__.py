@@ -41,7 +41,9 @@ def run(ctx: Context) -> Context:
             f"the student misses its budget: {'; '.join(budget['failures'])}; "
             f"{'; '.join(advice)}; or loosen plan.max_accuracy_drop / plan.latency_target "
             f"(see {ctx.run.path / 'report.md'})",
-            accuracy=budget["accuracy"]["drop_pts"] > budget["max_accuracy_drop"],
+            accuracy_drop=drop
+            if (drop := accuracy["drop_pts"]) > budget["max_accuracy_drop"]
+            else None,
         )
     return ctx
 

@@ -24,6 +24,7 @@ from .resolve import (
     COMPRESSIBLE,
     LayerPlan,
     Plan,
+    Traced,
     choice_label,
     choice_of,
     format_label,
@@ -40,9 +41,9 @@ if TYPE_CHECKING:  # context.py imports the plan types from here
     from ..context import Context
 
 __all__ = [
-    "CHOICE_FIELDS", "COMPRESSIBLE", "LayerPlan", "Plan", "choice_label", "choice_of",
-    "format_label", "kept_shape", "part_labels", "points_per_kl", "predicted_latency", "resolve_plan", "run", "searched", "sparsity_ineligible",
-    "trace_layers",
+    "CHOICE_FIELDS", "COMPRESSIBLE", "LayerPlan", "Plan", "Traced", "choice_label", "choice_of",
+    "format_label", "kept_shape", "part_labels", "points_per_kl", "predicted_latency",
+    "resolve_plan", "run", "searched", "sparsity_ineligible", "trace_layers",
 ]  # fmt: skip
 
 
@@ -57,6 +58,7 @@ def run(ctx: Context) -> Context:
             ctx.recipe.plan,
             [(t, rt) for t in ctx.targets for rt in t.runtimes],
             ctx.round,
+            ctx.budget_pts,
         )
         found = plan.search
         ctx.log(
@@ -76,9 +78,17 @@ def run(ctx: Context) -> Context:
 
 
 def searched(
-    space: Plan, sensitivity: dict, table: dict, cfg: Any, runtimes: list, round_: int = 0
+    space: Plan,
+    sensitivity: dict,
+    table: dict,
+    cfg: Any,
+    runtimes: list,
+    round_: int = 0,
+    budget: float | None = None,
 ) -> Plan:
-    """The plan the search picks from ``space`` under ``cfg`` (the recipe's ``plan`` section)."""
+    """The plan the search picks from ``space`` under ``cfg`` (the recipe's ``plan`` section),
+    within ``budget`` points of predicted damage (default: ``max_accuracy_drop × recovery``,
+    halved per round)."""
     kl = {(r["layer"], r["choice"]): r["kl"] for r in sensitivity["layers"]}
     rate = points_per_kl(sensitivity)
     costs = _latency_costs(table) if cfg.objective == "latency" else _size_costs(space)
@@ -90,7 +100,8 @@ def searched(
             if (damage := _damage(lp.name, c, kl)) is not None
             and (cost := costs(lp, c)) is not None
         ] or [Option(choice_label(lp.candidates[0]), 0.0, 0.0)]
-    budget = cfg.max_accuracy_drop * cfg.recovery / 2**round_
+    if budget is None:
+        budget = cfg.max_accuracy_drop * cfg.recovery / 2**round_
     picked, moves = greedy(options, budget)
     layers = []
     for lp in space.layers:

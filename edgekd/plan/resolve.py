@@ -36,6 +36,9 @@ class LayerPlan:
     activation_bits: int | None  # None: float activations
     activation_symmetric: bool = False  # zero point 0, for runtimes that need it (TensorRT)
     feeds_output: bool = False  # the model's output comes from it with no layer in between
+    # the range the activation right after it keeps (ReLU6: [0, 6]; ReLU: [0, None]), so its
+    # int8 output is calibrated within it and not wasted on values the activation cuts off
+    output_clamp: list[float | None] | None = None
     runs_as: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> how it executes
     kernels: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> int8, int4, float
     notes: list[str] = field(default_factory=list)
@@ -134,12 +137,20 @@ class Plan:
         )
 
 
-def trace_layers(model: nn.Module, example: torch.Tensor) -> tuple[set[str], dict[str, int]]:
-    """One forward pass: the layers that feed the model's output with no other layer in between
-    (their channels are the output's, so they cannot be pruned), and each layer's input rank (a
-    Linear on 3-D input exports as MatMul, not Gemm).
+@dataclass
+class Traced:
+    outputs: set[str]  # layers that feed the model's output with no other layer in between
+    ranks: dict[str, int]  # each layer's input rank
+    clamps: dict[str, list[float | None]]  # layers whose every consumer is one clamping activation
 
-    Output layers are found by walking the autograd graph back from the output through
+
+def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
+    """One forward pass: the layers that feed the model's output with no other layer in between
+    (their channels are the output's, so they cannot be pruned), each layer's input rank (a
+    Linear on 3-D input exports as MatMul, not Gemm), and the clamping activation (ReLU, ReLU6,
+    hardtanh, clamp) each layer's output goes through, past a BatchNorm that folding removes.
+
+    Both come from the autograd graph: output layers by walking back from the output through
     channel-preserving ops (mean, flatten, add, BatchNorm, ...) until a layer is reached.
     """
     made_by: dict[object, str] = {}  # the autograd node that produced each layer's output
@@ -160,18 +171,55 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> tuple[set[str], dic
     finally:
         for h in hooks:
             h.remove()
-    outputs, seen = set(), set()
+    seen: set = set()
+    users: dict[object, list] = {}  # autograd node -> the nodes that consume its output
     todo = [o.grad_fn for o in (out if isinstance(out, (tuple, list)) else [out])]
     while todo:
         fn = todo.pop()
         if fn is None or fn in seen:
             continue
         seen.add(fn)
-        if fn in made_by:
-            outputs.add(made_by[fn])
-        else:
-            todo.extend(next_fn for next_fn, _ in fn.next_functions)
-    return outputs, ranks
+        for next_fn, _ in fn.next_functions:
+            users.setdefault(next_fn, []).append(fn)
+            todo.append(next_fn)
+    outputs = {made_by[fn] for fn in made_by if _reaches_output(fn, users, made_by)}
+    clamps = {}
+    for fn, name in made_by.items():
+        after = users.get(fn, [])
+        while len(after) == 1 and "BatchNorm" in type(after[0]).__name__:
+            after = users.get(after[0], [])
+        bounds = {_clamp_bounds(user) for user in after}
+        if len(bounds) == 1 and None not in bounds:
+            clamps[name] = list(bounds.pop())
+    return Traced(outputs, ranks, clamps)
+
+
+def _reaches_output(fn, users: dict, made_by: dict) -> bool:
+    """Whether a path from ``fn`` to the model's output passes no other layer."""
+    todo, seen = [fn], set()
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        after = users.get(node, [])
+        if not after:
+            return True
+        todo.extend(user for user in after if user not in made_by)
+    return False
+
+
+def _clamp_bounds(fn) -> tuple[float | None, float | None] | None:
+    """(low, high) of a clamping activation's autograd node; None for any other op."""
+    kind = type(fn).__name__
+    if kind.startswith("Relu"):
+        return 0.0, None
+    if kind.startswith("Hardtanh"):
+        return float(fn._saved_min_val), float(fn._saved_max_val)
+    if kind.startswith("Clamp") and hasattr(fn, "_saved_min"):  # scalar bounds only
+        low, high = fn._saved_min, fn._saved_max
+        return (None if low is None else float(low)), (None if high is None else float(high))
+    return None
 
 
 def sparsity_ineligible(module: nn.Module) -> str | None:
@@ -186,7 +234,8 @@ def resolve_plan(
     recipe: Recipe, targets: list[Target], teacher: nn.Module, example: torch.Tensor
 ) -> Plan:
     _check_recipe_values(recipe)
-    outputs, ranks = trace_layers(teacher, example)
+    traced = trace_layers(teacher, example)
+    outputs, ranks = traced.outputs, traced.ranks
     runtimes = [(t, rt) for t in targets for rt in t.runtimes]
     strict = [f"{rt.name} ({t.name})" for t, rt in runtimes if rt.symmetric_only]
     adjustments: dict[str, list[str]] = {}
@@ -225,6 +274,7 @@ def resolve_plan(
             activation_bits=recipe.quant.activation_bits if quantized_acts else None,
             activation_symmetric=bool(strict) and quantized_acts,
             feeds_output=name in outputs,
+            output_clamp=traced.clamps.get(name),
             notes=notes,
         )
         if recipe.plan.search:

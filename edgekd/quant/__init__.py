@@ -30,5 +30,6 @@ def prepare_qat(model: nn.Module, plan: Plan) -> nn.Module:
             continue
         fmt = WeightFormat(lp.weight_bits, lp.symmetric, lp.block_size)
         make_quant(module, fmt, lp.activation_bits is not None, lp.activation_symmetric,
-                   output=lp.activation_bits is not None and not lp.feeds_output)  # fmt: skip
+                   output=lp.activation_bits is not None and not lp.feeds_output,
+                   output_clamp=lp.output_clamp)  # fmt: skip
     return model

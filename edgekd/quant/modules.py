@@ -15,10 +15,18 @@ from .fake import WeightFormat, fake_quantize_weight, quantize_weight, search_cl
 class ActQuant(nn.Module):
     """Per-tensor asymmetric INT8 fake-quant with an EMA min/max observer (ONNX QDQ semantics)."""
 
-    def __init__(self, symmetric: bool = False, momentum: float = 0.9) -> None:
+    def __init__(
+        self,
+        symmetric: bool = False,
+        momentum: float = 0.9,
+        clamp: list[float | None] | None = None,
+    ) -> None:
         super().__init__()
         self.symmetric = symmetric  # zero point 0, as TensorRT requires
         self.momentum = momentum
+        # the activation that follows cuts values outside [low, high] (ReLU6: [0, 6]); observing
+        # within it spends all 256 codes on values that survive (and keeps it a no-op on them)
+        self.clamp = clamp or [None, None]
         self.register_buffer("lo", torch.tensor(0.0))
         self.register_buffer("hi", torch.tensor(0.0))
         self.register_buffer("initialized", torch.tensor(False))
@@ -26,7 +34,10 @@ class ActQuant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             with torch.no_grad():
+                low, high = self.clamp
                 lo, hi = x.min().clamp(max=0.0), x.max().clamp(min=0.0)
+                lo = lo if low is None else lo.clamp(min=min(low, 0.0))
+                hi = hi if high is None else hi.clamp(max=max(high, 0.0))
                 if bool(self.initialized):
                     lo = self.momentum * self.lo + (1 - self.momentum) * lo
                     hi = self.momentum * self.hi + (1 - self.momentum) * hi
@@ -93,15 +104,17 @@ def make_quant(
     activations: bool,
     symmetric_activations: bool = False,
     output: bool = False,
+    output_clamp: list[float | None] | None = None,
 ) -> None:
     """Turn a plain layer into its quantized twin in place (same parameters; the state dict
     gains ``weight_clip``, the clipping searched on the weights it starts from).
 
     ``output``: int8 on the layer's output too. Runtimes form an integer kernel (QLinearConv)
     only from DQ -> op -> Q; without a Q after it, a layer whose consumers are float (a residual
-    add, a float layer) runs as a float op behind dequantized weights."""
+    add, a float layer) runs as a float op behind dequantized weights. ``output_clamp``: the
+    range of the activation after the layer, which bounds that output's calibration."""
     module.__class__ = quant_class(type(module))
     module.weight_format = fmt
     module.register_buffer("weight_clip", search_clip(module.weight.detach(), fmt))
     module.act_quant = ActQuant(symmetric_activations) if activations else None
-    module.out_quant = ActQuant(symmetric_activations) if output else None
+    module.out_quant = ActQuant(symmetric_activations, clamp=output_clamp) if output else None
