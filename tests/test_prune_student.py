@@ -74,9 +74,24 @@ def test_nan_loss_stops_distillation_with_a_named_error(tiny, example):
     prepare_qat(student, _plan(tiny, example, "default"))
     with torch.no_grad():
         student.head[1].weight[0, 0] = float("nan")  # e.g. a diverged or corrupted weight
-    with pytest.raises(
-        StageError, match=r"distillation loss is nan at epoch 1 step 0; lower distill.lr"
-    ):
+    with pytest.raises(StageError, match=r"distillation loss is nan .*step 0; lower distill.lr"):
         distill(
             student, tiny, load_data("digits"), load_recipe("default").distill, log=lambda _: None
         )
+
+
+def test_an_auto_learning_rate_is_the_probed_rate_that_stays_closest_to_the_teacher(tiny, example):
+    from edgekd.data import load_data
+    from edgekd.distill.train import PROBE_LRS, distill
+
+    student = copy.deepcopy(tiny)
+    fold_batchnorm(student, example)
+    prepare_qat(student, _plan(tiny, example, "default"))
+    lines: list[str] = []
+    cfg = load_recipe("default", ["distill.epochs=2", "distill.lr=auto"]).distill
+    result = distill(student, tiny, load_data("digits"), cfg, log=lines.append)
+    probe = {float(rate): kl for rate, kl in result["lr_probe"].items()}
+    assert set(probe) == set(PROBE_LRS)
+    assert result["lr"] == min(probe, key=probe.get)
+    assert any(line.startswith("  learning rate:") for line in lines)
+    assert 1 <= result["epochs_run"] <= 2 and result["history"][0]["epoch"] == 0

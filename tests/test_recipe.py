@@ -80,3 +80,10 @@ def test_exponent_floats_are_accepted_and_broken_yaml_is_named():
     assert load_recipe("default", ["distill.lr=1e-3"]).distill.lr == 0.001
     with pytest.raises(UsageError, match="not valid YAML"):
         load_recipe("default", ["quant.weight_bits=[4"])
+
+
+def test_a_learning_rate_is_a_positive_number_or_auto():
+    assert load_recipe("default").distill.lr == "auto"
+    assert load_recipe("default", ["distill.lr=3e-4"]).distill.lr == 0.0003
+    with pytest.raises(UsageError, match="distill.lr"):
+        load_recipe("default", ["distill.lr=fast"])

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..context import Progress, no_progress
 from ..data import DataSplits
@@ -18,6 +19,10 @@ from ..quant import ActQuant
 from ..recipe import DistillRecipe
 from .losses import kd_loss
 
+# Learning rates ``distill.lr: auto`` tries: from a from-scratch student's to a pretrained one's.
+PROBE_LRS = (1e-3, 1e-4, 1e-5)
+PROBE_STEPS = 20  # at most, per rate: one epoch on small data
+
 
 def distill(
     student: nn.Module,
@@ -27,69 +32,114 @@ def distill(
     log: Callable[[str], None],
     progress: Progress = no_progress,
 ) -> dict:
-    """Train in place; keep the weights of the epoch with the best validation accuracy.
+    """Train in place; keep the weights of the epoch with the best validation score (accuracy,
+    or agreement on unlabelled data; ties go to the lower KL to the teacher).
 
     Epoch 0 is the quantized student before any training, its activation ranges calibrated on
     the training data (post-training quantization): a candidate like every epoch, so
-    distillation can only keep or improve on it."""
+    distillation can only keep or improve on it. Training stops after ``cfg.patience`` epochs
+    without a better score."""
     torch.manual_seed(cfg.seed)
     x = torch.from_numpy(data.train.x)
     y = None if data.train.y is None else torch.from_numpy(data.train.y)
     teacher_train = torch.from_numpy(predict(torch_fn(teacher), data.train.x))  # teacher is frozen
     teacher_val = predict(torch_fn(teacher), data.val.x)
+    calibrate(student, data.train.x, cfg.batch_size)
+
+    def score() -> tuple[float, float]:
+        logits = predict(torch_fn(student), data.val.x)
+        return accuracy(logits, data.val, teacher_val), -_kl(logits, teacher_val)
+
+    def train_steps(opt, batches, where: str, after_step=lambda: None) -> list[float]:
+        losses = []
+        for step, idx in enumerate(batches):
+            target = None if y is None else y[idx]
+            loss = kd_loss(student(x[idx]), teacher_train[idx], target, cfg.temperature, cfg.alpha)
+            if not torch.isfinite(loss):
+                raise StageError(
+                    f"distillation loss is {loss.item()} {where} step {step}; "
+                    f"lower distill.lr (now {cfg.lr}) or check the data for NaN/Inf"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            after_step()
+            reapply_masks(student)
+            losses.append(loss.item())
+        return losses
+
+    gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    lr, probed = cfg.lr, {}
+    if lr == "auto":
+        start = copy.deepcopy(student.state_dict())
+        batches = torch.randperm(len(x), generator=gen).split(cfg.batch_size)[:PROBE_STEPS]
+        for rate in PROBE_LRS:
+            student.train()
+            opt = torch.optim.AdamW(params, lr=rate, weight_decay=1e-4)
+            train_steps(opt, batches, f"in the learning-rate probe (lr {rate:g})")
+            probed[rate] = -score()[1]
+            student.load_state_dict(start)
+        lr = min(probed, key=probed.get)
+        log(
+            "  learning rate: "
+            + ", ".join(f"{r:g} -> KL {kl:.4f}" for r, kl in probed.items())
+            + f" after {len(batches)} steps; {lr:g}"
+        )
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     steps_per_epoch = -(-len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
+        opt, lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
     )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    calibrate(student, data.train.x, cfg.batch_size)
-    val_acc = accuracy(predict(torch_fn(student), data.val.x), data.val, teacher_val)
-    best: tuple[float, dict | None] = (val_acc, copy.deepcopy(student.state_dict()))
-    history = [{"epoch": 0, "loss": None, "val_accuracy": val_acc}]
-    log(f"  epoch   0/{cfg.epochs}  calibrated, before training  val {val_acc:.1%}")
+    val = score()
+    best: tuple[tuple[float, float], dict] = (val, copy.deepcopy(student.state_dict()))
+    history = [{"epoch": 0, "loss": None, "val_accuracy": val[0], "val_kl": -val[1]}]
+    log(f"  epoch   0/{cfg.epochs}  calibrated, before training  val {val[0]:.1%}")
     with progress("distill", cfg.epochs * steps_per_epoch) as advance:
         for epoch in range(1, cfg.epochs + 1):
             student.train()
-            losses = []
-            for step, idx in enumerate(torch.randperm(len(x), generator=gen).split(cfg.batch_size)):
-                target = None if y is None else y[idx]
-                loss = kd_loss(
-                    student(x[idx]), teacher_train[idx], target, cfg.temperature, cfg.alpha
-                )
-                if not torch.isfinite(loss):
-                    raise StageError(
-                        f"distillation loss is {loss.item()} at epoch {epoch} step {step}; "
-                        f"lower distill.lr (now {cfg.lr}) or check the data for NaN/Inf"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                reapply_masks(student)
-                losses.append(loss.item())
-                advance()
-            val_acc = accuracy(predict(torch_fn(student), data.val.x), data.val, teacher_val)
-            history.append(
-                {"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val_acc}
+            batches = torch.randperm(len(x), generator=gen).split(cfg.batch_size)
+            losses = train_steps(
+                opt, batches, f"at epoch {epoch}", after_step=lambda: (sched.step(), advance())
             )
-            if val_acc >= best[0]:
-                best = (val_acc, copy.deepcopy(student.state_dict()))
-            if epoch == 1 or epoch % 5 == 0 or epoch == cfg.epochs:
+            val = score()
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)),
+                            "val_accuracy": val[0], "val_kl": -val[1]})  # fmt: skip
+            if val >= best[0]:
+                best = (val, copy.deepcopy(student.state_dict()))
+            stale = epoch - max(h["epoch"] for h in history if _key(h) == best[0])
+            last = epoch == cfg.epochs or stale >= cfg.patience
+            if epoch == 1 or epoch % 5 == 0 or last:
                 log(
-                    f"  epoch {epoch:>3}/{cfg.epochs}  loss {np.mean(losses):.4f}  val {val_acc:.1%}"
+                    f"  epoch {epoch:>3}/{cfg.epochs}  loss {np.mean(losses):.4f}  val {val[0]:.1%}"
+                    + (f"  (no better score for {stale} epochs: stopped)" if stale else "")
+                    * (epoch < cfg.epochs and last)
                 )
+            if last:
+                break
     student.load_state_dict(best[1])
     student.eval()
-    best_epoch = max(h["epoch"] for h in history if h["val_accuracy"] == best[0])
     return {
         "epochs": cfg.epochs,
-        "best_val_accuracy": best[0],
-        "best_epoch": best_epoch,
+        "epochs_run": history[-1]["epoch"],
+        "lr": lr,
+        "lr_probe": {f"{r:g}": kl for r, kl in probed.items()},
+        "best_val_accuracy": best[0][0],
+        "best_epoch": max(h["epoch"] for h in history if _key(h) == best[0]),
         "val_accuracy_before_training": history[0]["val_accuracy"],
         "history": history,
     }
+
+
+def _key(h: dict) -> tuple[float, float]:
+    return h["val_accuracy"], -h["val_kl"]
+
+
+def _kl(logits: np.ndarray, teacher: np.ndarray) -> float:
+    """Mean KL(teacher || student) at temperature 1, in nats."""
+    s, t = torch.from_numpy(logits), torch.from_numpy(teacher)
+    kl = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
+    return float(kl)
 
 
 @torch.no_grad()

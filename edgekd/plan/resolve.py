@@ -422,7 +422,8 @@ def _check_recipe_values(recipe: Recipe) -> None:
         ),
         ("distill.epochs", d.epochs, d.epochs >= 1, ">= 1"),
         ("distill.batch_size", d.batch_size, d.batch_size >= 1, ">= 1"),
-        ("distill.lr", d.lr, d.lr > 0, "> 0"),
+        ("distill.lr", d.lr, d.lr == "auto" or d.lr > 0, "> 0 or auto"),
+        ("distill.patience", d.patience, d.patience >= 1, ">= 1"),
         ("distill.temperature", d.temperature, d.temperature > 0, "> 0"),
         ("distill.alpha", d.alpha, 0.0 <= d.alpha <= 1.0, "in [0, 1]"),
         (

@@ -45,6 +45,9 @@ def assemble(ctx: Context) -> dict[str, Any]:
                 k: distill[k]
                 for k in (
                     "epochs",
+                    "epochs_run",
+                    "lr",
+                    "lr_probe",
                     "best_val_accuracy",
                     "best_epoch",
                     "val_accuracy_before_training",
