@@ -180,12 +180,18 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        for option in options[:-1]:  # the first form the value takes, e.g. a float or "auto"
+        if len(options) == 1:
+            return _coerce(options[0], value, path)
+        for option in options:  # the first form the value takes, e.g. a float or "auto"
             try:
                 return _coerce(option, value, path)
             except UsageError:
                 pass
-        return _coerce(options[-1], value, path)
+        forms = [
+            " or ".join(map(repr, typing.get_args(o))) if typing.get_origin(o) is Literal
+            else o.__name__ for o in options
+        ]  # fmt: skip
+        raise UsageError(f"recipe key '{path}' must be {' or '.join(forms)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise UsageError(f"recipe key '{path}' must be one of {list(args)}, got {value!r}")

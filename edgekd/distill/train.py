@@ -8,7 +8,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..context import Progress, no_progress
 from ..data import DataSplits
@@ -48,7 +47,8 @@ def distill(
 
     def score() -> tuple[float, float]:
         logits = predict(torch_fn(student), data.val.x)
-        return accuracy(logits, data.val, teacher_val), -_kl(logits, teacher_val)
+        kl = kd_loss(torch.from_numpy(logits), torch.from_numpy(teacher_val), None, 1.0, 1.0)
+        return accuracy(logits, data.val, teacher_val), -float(kl)
 
     def train_steps(opt, batches, where: str, after_step=lambda: None) -> list[float]:
         losses = []
@@ -93,6 +93,7 @@ def distill(
     )
     val = score()
     best: tuple[tuple[float, float], dict] = (val, copy.deepcopy(student.state_dict()))
+    best_epoch = 0
     history = [{"epoch": 0, "loss": None, "val_accuracy": val[0], "val_kl": -val[1]}]
     log(f"  epoch   0/{cfg.epochs}  calibrated, before training  val {val[0]:.1%}")
     with progress("distill", cfg.epochs * steps_per_epoch) as advance:
@@ -106,16 +107,14 @@ def distill(
             history.append({"epoch": epoch, "loss": float(np.mean(losses)),
                             "val_accuracy": val[0], "val_kl": -val[1]})  # fmt: skip
             if val >= best[0]:
-                best = (val, copy.deepcopy(student.state_dict()))
-            stale = epoch - max(h["epoch"] for h in history if _key(h) == best[0])
-            last = epoch == cfg.epochs or stale >= cfg.patience
-            if epoch == 1 or epoch % 5 == 0 or last:
+                best, best_epoch = (val, copy.deepcopy(student.state_dict())), epoch
+            stopped = epoch < cfg.epochs and epoch - best_epoch >= cfg.patience
+            if epoch == 1 or epoch % 5 == 0 or epoch == cfg.epochs or stopped:
                 log(
                     f"  epoch {epoch:>3}/{cfg.epochs}  loss {np.mean(losses):.4f}  val {val[0]:.1%}"
-                    + (f"  (no better score for {stale} epochs: stopped)" if stale else "")
-                    * (epoch < cfg.epochs and last)
+                    + (f"  (no better score for {cfg.patience} epochs: stopped)" if stopped else "")
                 )
-            if last:
+            if stopped:
                 break
     student.load_state_dict(best[1])
     student.eval()
@@ -125,21 +124,10 @@ def distill(
         "lr": lr,
         "lr_probe": {f"{r:g}": kl for r, kl in probed.items()},
         "best_val_accuracy": best[0][0],
-        "best_epoch": max(h["epoch"] for h in history if _key(h) == best[0]),
+        "best_epoch": best_epoch,
         "val_accuracy_before_training": history[0]["val_accuracy"],
         "history": history,
     }
-
-
-def _key(h: dict) -> tuple[float, float]:
-    return h["val_accuracy"], -h["val_kl"]
-
-
-def _kl(logits: np.ndarray, teacher: np.ndarray) -> float:
-    """Mean KL(teacher || student) at temperature 1, in nats."""
-    s, t = torch.from_numpy(logits), torch.from_numpy(teacher)
-    kl = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
-    return float(kl)
 
 
 @torch.no_grad()

@@ -32,7 +32,8 @@ def run(ctx: Context) -> Context:
     ctx.metrics.update(passed=budget["passed"], failures=budget["failures"])
     if budget["failures"]:
         advice = []
-        if budget["accuracy"]["drop_pts"] > budget["max_accuracy_drop"]:
+        missed_accuracy = accuracy["drop_pts"] > budget["max_accuracy_drop"]
+        if missed_accuracy:
             advice.append(f"relax the layers that hurt most alone: {_most_sensitive(ctx)}")
         slow = {f"{r['target']}/{r['runtime']}" for r in budget["latency"] if not r["ok"]}
         if slow:
@@ -41,9 +42,7 @@ def run(ctx: Context) -> Context:
             f"the student misses its budget: {'; '.join(budget['failures'])}; "
             f"{'; '.join(advice)}; or loosen plan.max_accuracy_drop / plan.latency_target "
             f"(see {ctx.run.path / 'report.md'})",
-            accuracy_drop=drop
-            if (drop := accuracy["drop_pts"]) > budget["max_accuracy_drop"]
-            else None,
+            accuracy_drop=accuracy["drop_pts"] if missed_accuracy else None,
         )
     return ctx
 

@@ -150,8 +150,8 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
     Linear on 3-D input exports as MatMul, not Gemm), and the clamping activation (ReLU, ReLU6,
     hardtanh, clamp) each layer's output goes through, past a BatchNorm that folding removes.
 
-    Both come from the autograd graph: output layers by walking back from the output through
-    channel-preserving ops (mean, flatten, add, BatchNorm, ...) until a layer is reached.
+    Both come from the autograd graph and who consumes each node's output: an output layer has
+    a path to the model's output through non-layer ops only (mean, flatten, add, BatchNorm, ...).
     """
     made_by: dict[object, str] = {}  # the autograd node that produced each layer's output
     ranks: dict[str, int] = {}
