@@ -281,7 +281,7 @@ def _run_stage(
     ctx.log(f"✓ {name} ({seconds:.1f} s)")
 
 
-QUANT_FORMAT = 4  # 2: weight clipping; 3: int8 outputs; 4: outputs within the activation
+QUANT_FORMAT = 5  # 2: weight clipping; 3: int8 outputs; 4: outputs within the activation; 5: shared
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -239,10 +239,13 @@ def test_activation_qdq_matches_torch_fake_quant(case):
     for x in ranges:
         lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
         scale = float(np.float32((hi - lo) / 255))
-        qparams.append((scale, int(np.clip(round(-128 - lo / scale), -128, 127))))
+        qparams.append((scale, int(np.clip(round(-lo / scale), 0, 255)), False))
 
     def fake_quant(params):
-        return lambda _, args: torch.fake_quantize_per_tensor_affine(args[0], *params, -128, 127)
+        scale, zero_point, _ = params
+        return lambda _, args: torch.fake_quantize_per_tensor_affine(
+            args[0], scale, zero_point, 0, 255
+        )
 
     hooks = [
         layer.register_forward_pre_hook(fake_quant(p))
@@ -332,4 +335,4 @@ def test_exported_weights_that_differ_from_the_codes_raise_stage_error():
 def test_unknown_activation_node_raises_stage_error():
     built = _build("w4")
     with pytest.raises(StageError, match="no_such_node"):
-        quantize_activations(built.model, {"no_such_node": (0.1, 0)})
+        quantize_activations(built.model, {"no_such_node": (0.1, 0, False)})

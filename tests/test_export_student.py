@@ -44,8 +44,10 @@ def test_student_onnx_matches_fake_quant_student(tiny, example, tmp_path, overri
     }
     assert low_bit
     n_qdq = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    inputs = [lp for lp in plan.layers if lp.activation_bits]  # and an int8 output unless logits
-    assert n_qdq == len(inputs) + sum(not lp.feeds_output for lp in inputs)
+    inputs = [lp for lp in plan.layers if lp.activation_bits]
+    read_by_int8 = {lp.input_from for lp in inputs}  # their reader's input Q follows them
+    outputs = [lp for lp in inputs if not lp.feeds_output and lp.name not in read_by_int8]
+    assert n_qdq == len(inputs) + len(outputs)
     assert len(inputs) == (0 if "quant.activation_bits=32" in overrides else len(plan.layers))
     for name, module in student.named_modules():
         if isinstance(module, QuantLayer):  # the stored low-bit codes decode to the trained weights
@@ -57,3 +59,33 @@ def test_student_onnx_matches_fake_quant_student(tiny, example, tmp_path, overri
         want = student(x).numpy()
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
     np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
+
+
+def test_int8_layers_chained_through_an_activation_run_as_one_integer_chain(
+    tiny, example, tmp_path
+):
+    """features.0 -> ReLU -> features.3: one Q between them (the reader's), so ONNX Runtime feeds
+    one QLinearConv into the next and OpenVINO runs both as u8 convolutions with no float
+    FakeQuantize between them (the two before features.0 and head.1 stay)."""
+    from edgekd.runtimes import get_runtime
+
+    plan = resolve_plan(load_recipe("w8a8"), [load_target("x86-cpu")], tiny, example)
+    assert plan.layer("features.3").input_from == "features.0"
+    student = prepare_qat(fold_batchnorm(tiny, example), plan)
+    torch.manual_seed(0)
+    student.train()(torch.rand(64, 1, 8, 8))
+    assert student.features[0].out_quant is None and student.features[3].act_quant is not None
+    path = tmp_path / "student.onnx"
+    onnx.save(student_onnx(student.eval(), example), path)
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(options.optimized_model_filepath).graph.node
+    convs = [n for n in nodes if n.op_type == "QLinearConv"]
+    assert len(convs) == 2 and convs[0].output[0] == convs[1].input[0]
+
+    ov = get_runtime("openvino").open(path)
+    executed = ov.executed()
+    assert executed.get("Convolution:u8") == 2
+    assert executed.get("FakeQuantize:f32") == 2

@@ -65,7 +65,8 @@ def test_the_run_predicts_latency_per_layer_and_sets_it_beside_the_measurement(d
         for batch in (1, 32):
             got = {r["layer"] for r in rows if r["runtime"] == runtime and r["batch"] == batch}
             assert got == layers
-    assert all(r["ms"] > 0 and r["source"] == "measured" for r in rows)
+    assert all(r["ms"] >= 0 and r["call_ms"] > 0 and r["source"] == "measured" for r in rows)
+    assert sum(r["ms"] for r in rows if r["choice"] == "float") > 0  # net of the call overhead
     candidates = {
         (lp["name"], choice_label(c)) for lp in report["plan"]["layers"] for c in lp["candidates"]
     }

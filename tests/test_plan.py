@@ -101,7 +101,7 @@ def test_tensorrt_targets_get_symmetric_int8_convs_and_int4_matmuls(tiny, exampl
     assert conv.runs_as["jetson-orin/tensorrt"] == "int8 kernel, 2:4 sparse kernel"
 
 
-def test_trace_finds_the_clamping_activation_after_each_layer_past_batchnorm():
+def test_trace_finds_the_clamping_activation_and_the_sole_reader_after_each_layer():
     import torch
     from torch import nn
 
@@ -123,4 +123,5 @@ def test_trace_finds_the_clamping_activation_after_each_layer_past_batchnorm():
 
     traced = trace_layers(Net().eval(), torch.randn(2, 3, 8, 8))
     assert traced.clamps == {"a": [0.0, 6.0], "c": [-1.0, 1.0]}
+    assert traced.fed_by == {"b": "a"}  # c's input is an add; fc's is a mean
     assert traced.outputs == {"fc"}

@@ -82,7 +82,7 @@ def test_activation_fake_quant_matches_onnx_quantize_dequantize_exactly():
         [node_q, node_d], "qdq",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4096])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4096])],
-        [helper.make_tensor("s", TensorProto.FLOAT, [], [scale]), helper.make_tensor("z", TensorProto.INT8, [], [zp])],
+        [helper.make_tensor("s", TensorProto.FLOAT, [], [scale]), helper.make_tensor("z", TensorProto.UINT8, [], [zp])],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     onnx.checker.check_model(model)
@@ -150,7 +150,7 @@ def test_an_output_observer_spends_its_codes_within_the_following_activation():
     act(torch.linspace(-50.0, 90.0, 1000))  # a depthwise conv's output before its ReLU6
     act.eval()
     scale, zero_point = act.qparams()
-    assert scale == pytest.approx(6.0 / 255) and zero_point == -128  # 0 and 6 both exact
+    assert scale == pytest.approx(6.0 / 255) and zero_point == 0  # 0 and 6 both exact
     x = torch.linspace(-50.0, 90.0, 1000)
     torch.testing.assert_close(
         act(x).clamp(0, 6), act(x.clamp(0, 6)), rtol=0, atol=0

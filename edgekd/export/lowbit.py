@@ -2,8 +2,8 @@
 
 Why this exists: torch's ONNX exporters cannot emit fake-quant ops below 8 bits, so the student is
 exported as a float graph whose weights already equal the dequantized codes, and this module swaps
-those weights for integer codes feeding ``DequantizeLinear`` and puts int8 ``QuantizeLinear ->
-DequantizeLinear`` pairs on activations. Runtimes then see the same numbers training saw.
+those weights for integer codes feeding ``DequantizeLinear`` and puts 8-bit ``QuantizeLinear ->
+DequantizeLinear`` pairs on activations (uint8 codes, or int8 with zero point 0 where symmetric). Runtimes then see the same numbers training saw.
 
 Storage (all DequantizeLinear opset 21, IR version 10): 8-bit codes use INT8/UINT8, and so do
 7-bit codes (the reduced int8 range that keeps u8s8 kernels from saturating on CPUs without VNNI);
@@ -102,12 +102,13 @@ def quantize_weights(
 
 def quantize_activations(
     model: onnx.ModelProto,
-    inputs: dict[str, tuple[float, int]],
-    outputs: dict[str, tuple[float, int]] | None = None,
+    inputs: dict[str, tuple[float, int, bool]],
+    outputs: dict[str, tuple[float, int, bool]] | None = None,
 ) -> onnx.ModelProto:
-    """Insert QuantizeLinear -> DequantizeLinear (int8, per-tensor scale, zero point) in front of
-    each named node's activation input (input 0), for that node alone; and after each node named
-    in ``outputs`` (after its bias Add, for a MatMul), for all its consumers.
+    """Insert QuantizeLinear -> DequantizeLinear (per-tensor ``(scale, zero point, signed)``:
+    int8 codes where signed, else uint8) in front of each named node's activation input (input
+    0), for that node alone; and after each node named in ``outputs`` (after its bias Add, for a
+    MatMul), for all its consumers.
 
     Inputs per consumer, as in training: layers sharing an input keep their own scales, and other
     consumers of the tensor (a residual add, a graph output) still see the float value.
@@ -117,7 +118,7 @@ def quantize_activations(
     nodes = {node.name: node for node in graph}
     new_nodes = []
     for where, table in (("input", inputs), ("output", outputs or {})):
-        for name, (scale, zero_point) in table.items():
+        for name, (scale, zero_point, signed) in table.items():
             node = nodes.get(name)
             if node is None:
                 raise StageError(
@@ -127,12 +128,15 @@ def quantize_activations(
                 raise StageError(
                     f"activation of {name!r} has scale {scale}; calibrate a positive scale"
                 )
-            if not -128 <= zero_point <= 127:
-                raise StageError(f"activation of {name!r} has zero point {zero_point} outside int8")
+            dtype = np.int8 if signed else np.uint8
+            if not np.iinfo(dtype).min <= zero_point <= np.iinfo(dtype).max:
+                raise StageError(
+                    f"activation of {name!r} has zero point {zero_point} outside {dtype.__name__}"
+                )
             qparams = [
                 _initializer(graph, f"{name}_{where}_scale", np.array(scale, dtype=np.float32)),
                 _initializer(
-                    graph, f"{name}_{where}_zero_point", np.array(zero_point, dtype=np.int8)
+                    graph, f"{name}_{where}_zero_point", np.array(zero_point, dtype=dtype)
                 ),
             ]
             value = node.inputs[0] if where == "input" else _result(node)

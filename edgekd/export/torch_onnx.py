@@ -46,17 +46,17 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     """Export the student as a float graph, then write its low-bit weights and activation QDQ."""
     plain = copy.deepcopy(student).eval()
     weights: dict[str, QuantizedTensor] = {}
-    activations: dict[str, tuple[float, int]] = {}
-    outputs: dict[str, tuple[float, int]] = {}
+    activations: dict[str, tuple[float, int, bool]] = {}
+    outputs: dict[str, tuple[float, int, bool]] = {}
     for name, module in plain.named_modules():
         if not isinstance(module, QuantLayer):
             continue
         qw = module.export_weight()
         weights[f"{name}.weight"] = _to_tensor(qw, module.weight_format)
         if module.act_quant is not None:
-            activations[name] = module.act_quant.qparams()
+            activations[name] = (*module.act_quant.qparams(), module.act_quant.symmetric)
         if module.out_quant is not None:
-            outputs[name] = module.out_quant.qparams()
+            outputs[name] = (*module.out_quant.qparams(), module.out_quant.symmetric)
         with torch.no_grad():
             module.weight.copy_(qw.dequantize())
         module.__class__ = module.plain_class  # the float twin: same weights, no fake quant

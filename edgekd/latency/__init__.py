@@ -4,7 +4,9 @@ MACs are not latency: an int4 conv is slower than a float one on every CPU runti
 int8 one is 2-3x faster with VNNI. So each compressible layer is built alone (``layer_onnx.py``)
 as each candidate leaves it (fewer channels, a weight format), opened in the runtime as users
 deploy it, and all its forms timed interleaved, at every bench batch size, on the runtimes this
-machine can stand in for. Results are cached on disk by runtime version, CPU features, threads,
+machine can stand in for. Beside them runs a graph that computes nothing on the same input: the
+cost of one call, which a whole model pays once, not once per layer, is taken off each form
+(on small layers it is most of their time: ~35 us per call in OpenVINO). Results are cached on disk by runtime version, CPU features, threads,
 shapes and forms. Runtimes that cannot run here get a cost model from the target file (MACs times
 a factor per kernel kind), labelled as such. The plan stage searches this table; the report sets
 the prediction (the sum over layers) beside the whole-model latency bench measures.
@@ -31,12 +33,12 @@ from ..cpu import detect_cpu
 from ..models.demo import cache_dir
 from ..plan import COMPRESSIBLE, LayerPlan, choice_label, kept_shape
 from ..runtimes import get_runtime
-from .layer_onnx import LayerShape, WeightChoice, layer_onnx, output_shape
+from .layer_onnx import LayerShape, WeightChoice, call_onnx, layer_onnx, output_shape
 
 __all__ = ["LayerShape", "WeightChoice", "fastest", "kept", "layer_onnx", "layer_shapes", "run"]
 
 
-FORMAT = 2  # bump when layer_onnx or the timing changes, so cached timings are not reused
+FORMAT = 4  # bump when layer_onnx or the timing changes (4: uint8 activations, call overhead)
 
 
 def run(ctx: Context) -> Context:
@@ -190,8 +192,12 @@ def layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, LayerShap
     return shapes
 
 
+CALL = "call overhead"  # the label of the graph that computes nothing
+
+
 def _timed(runtime, forms: dict[str, tuple[LayerShape, WeightChoice]], threads) -> dict:
-    """p50 of every form of one layer, interleaved; from the cache when measured before."""
+    """p50 of every form of one layer, less the runtime's cost of one call on its input,
+    interleaved; from the cache when measured before."""
     cpu = detect_cpu()
     described = runtime.describe()
     key = {
@@ -213,10 +219,13 @@ def _timed(runtime, forms: dict[str, tuple[LayerShape, WeightChoice]], threads) 
     except (OSError, ValueError):
         pass  # not measured yet, or a damaged entry: measure again
     sessions, inputs = {}, {}
+    graphs = {label: (layer_onnx(shape, choice), shape) for label, (shape, choice) in forms.items()}
+    unpruned = max((shape for shape, _ in forms.values()), key=lambda shape: shape.input_shape)
+    graphs[CALL] = (call_onnx(unpruned.input_shape), unpruned)
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, (shape, choice)) in enumerate(forms.items()):
+        for i, (label, (graph, shape)) in enumerate(graphs.items()):
             source = Path(tmp) / f"{i}.onnx"
-            onnx.save(layer_onnx(shape, choice), source)
+            onnx.save(graph, source)
             artifact = runtime.build(source, source.with_suffix(runtime.artifact_suffix))
             sessions[label] = runtime.open(artifact, threads, "deploy")
             inputs[label] = (
@@ -228,10 +237,11 @@ def _timed(runtime, forms: dict[str, tuple[LayerShape, WeightChoice]], threads) 
             min_runs=10,
             min_seconds=0.05,
         )
+        call = stats.pop(CALL).p50
         times = {
-            label: {"ms": stats[label].p50,
-                    "kernel": session.layer_kernels(["layer"]).get("layer", {}).get("kernel")}
-            for label, session in sessions.items()
+            label: {"ms": max(stats[label].p50 - call, 0.0), "call_ms": call,
+                    "kernel": sessions[label].layer_kernels(["layer"]).get("layer", {}).get("kernel")}
+            for label in forms
         }  # fmt: skip
     write_json(path, times)
     return times

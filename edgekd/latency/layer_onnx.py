@@ -1,8 +1,8 @@
 """One layer as a small ONNX graph, in the form edgekd exports it, to time on a runtime.
 
 Weights: float, or integer codes behind ``DequantizeLinear`` (per output channel, or blocks along
-the input dimension; signed when symmetric, else unsigned with zero points). Activations: int8
-``QuantizeLinear -> DequantizeLinear`` on the input and on the output when the layer's inputs
+the input dimension; signed when symmetric, else unsigned with zero points). Activations: 8-bit
+``QuantizeLinear -> DequantizeLinear`` (uint8, or int8 with zero point 0 where symmetric) on the input and on the output when the layer's inputs
 are quantized, since the next quantized layer's input Q follows it in the real graph and lets
 runtimes form whole integer kernels. Values are random: latency does not depend on them.
 """
@@ -71,18 +71,34 @@ def layer_onnx(shape: LayerShape, choice: WeightChoice) -> onnx.ModelProto:
         )
     x = "input"
     if choice.activation_bits:
-        zero = 0 if choice.activation_symmetric else -10
-        x = _qdq(nodes, inits, "input", "input_q", scale=0.05, zero_point=zero)
+        signed = choice.activation_symmetric  # as ActQuant: int8 with zero point 0, else uint8
+        zero = 0 if signed else 118
+        x = _qdq(
+            nodes, inits, "input", "input_q", 0.05, np.array(zero, np.int8 if signed else np.uint8)
+        )
     y = "layer_out" if choice.activation_bits else "output"
     nodes += _compute(shape, x, weight, y, inits)
     if choice.activation_bits:
-        _qdq(nodes, inits, y, "output_q", scale=0.1, zero_point=0, out="output")
+        zero = np.array(0, np.int8) if signed else np.array(128, np.uint8)
+        _qdq(nodes, inits, y, "output_q", scale=0.1, zero_point=zero, out="output")
     graph = helper.make_graph(
         nodes,
         shape.op,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape.input_shape)],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape(shape))],
         inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
+
+
+def call_onnx(input_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """A graph that computes nothing on the layer's input: what one call of the runtime costs
+    (dispatch, input and output copies), timed beside the layer's forms and taken from them."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        "call",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, input_shape)],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
 
@@ -139,10 +155,10 @@ def _dq_axis(op: str, choice: WeightChoice) -> dict:
     return {"axis": 1 if op == "MatMul" else 0}
 
 
-def _qdq(nodes, inits, x: str, name: str, scale: float, zero_point: int, out: str | None = None):
+def _qdq(nodes, inits, x: str, name: str, scale: float, zero_point: np.ndarray, out=None):
     inits += [
         numpy_helper.from_array(np.array(scale, np.float32), f"{name}_scale"),
-        numpy_helper.from_array(np.array(zero_point, np.int8), f"{name}_zero_point"),
+        numpy_helper.from_array(zero_point, f"{name}_zero_point"),
     ]
     qparams = [f"{name}_scale", f"{name}_zero_point"]
     nodes.append(helper.make_node("QuantizeLinear", [x, *qparams], [f"{name}_quantized"]))

@@ -39,6 +39,9 @@ class LayerPlan:
     # the range the activation right after it keeps (ReLU6: [0, 6]; ReLU: [0, None]), so its
     # int8 output is calibrated within it and not wasted on values the activation cuts off
     output_clamp: list[float | None] | None = None
+    # the layer whose output alone this one reads, through activations only: when both are int8,
+    # this layer's input Q is the only one between them, so runtimes keep the chain in integers
+    input_from: str | None = None
     runs_as: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> how it executes
     kernels: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> int8, int4, float
     notes: list[str] = field(default_factory=list)
@@ -142,22 +145,26 @@ class Traced:
     outputs: set[str]  # layers that feed the model's output with no other layer in between
     ranks: dict[str, int]  # each layer's input rank
     clamps: dict[str, list[float | None]]  # layers whose every consumer is one clamping activation
+    fed_by: dict[str, str]  # layer -> the layer whose output alone it reads (past BN, clamps)
 
 
 def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
     """One forward pass: the layers that feed the model's output with no other layer in between
     (their channels are the output's, so they cannot be pruned), each layer's input rank (a
     Linear on 3-D input exports as MatMul, not Gemm), and the clamping activation (ReLU, ReLU6,
-    hardtanh, clamp) each layer's output goes through, past a BatchNorm that folding removes.
+    hardtanh, clamp) each layer's output goes through, past a BatchNorm that folding removes;
+    and which layer reads that output as its sole consumer.
 
     Both come from the autograd graph and who consumes each node's output: an output layer has
     a path to the model's output through non-layer ops only (mean, flatten, add, BatchNorm, ...).
     """
     made_by: dict[object, str] = {}  # the autograd node that produced each layer's output
+    reads: dict[object, str] = {}  # the autograd node that produced each layer's input
     ranks: dict[str, int] = {}
 
     def hook(_module, inputs, out, name):
         made_by[out.grad_fn] = name  # taken before any in-place op replaces the tensor's grad_fn
+        reads.setdefault(inputs[0].grad_fn, name)
         ranks[name] = inputs[0].dim()
 
     hooks = [
@@ -183,15 +190,19 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
             users.setdefault(next_fn, []).append(fn)
             todo.append(next_fn)
     outputs = {made_by[fn] for fn in made_by if _reaches_output(fn, users, made_by)}
-    clamps = {}
+    clamps, fed_by = {}, {}
     for fn, name in made_by.items():
         after = users.get(fn, [])
         while len(after) == 1 and "BatchNorm" in type(after[0]).__name__:
-            after = users.get(after[0], [])
+            fn, after = after[0], users.get(after[0], [])
         bounds = {_clamp_bounds(user) for user in after}
         if len(bounds) == 1 and None not in bounds:
             clamps[name] = list(bounds.pop())
-    return Traced(outputs, ranks, clamps)
+        while len(after) == 1 and _clamp_bounds(after[0]) is not None:
+            fn, after = after[0], users.get(after[0], [])
+        if len(after) == 1 and fn in reads:  # one consumer, and it is a layer's input
+            fed_by[reads[fn]] = name
+    return Traced(outputs, ranks, clamps, fed_by)
 
 
 def _reaches_output(fn, users: dict, made_by: dict) -> bool:
@@ -275,6 +286,7 @@ def resolve_plan(
             activation_symmetric=bool(strict) and quantized_acts,
             feeds_output=name in outputs,
             output_clamp=traced.clamps.get(name),
+            input_from=traced.fed_by.get(name),
             notes=notes,
         )
         if recipe.plan.search:

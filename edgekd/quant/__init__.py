@@ -23,8 +23,16 @@ __all__ = [
 
 
 def prepare_qat(model: nn.Module, plan: Plan) -> nn.Module:
-    """Swap every layer the plan quantizes for its fake-quant twin (BatchNorm must be folded first)."""
-    for name, module in model.named_modules():
+    """Swap every layer the plan quantizes for its fake-quant twin (BatchNorm must be folded
+    first).
+
+    A layer whose output only an int8 layer reads, through activations (ReLU6), gets no output
+    quantizer of its own: the reader's input Q, after the activation, is the one Q a runtime
+    needs to fuse conv + activation + requantize into one integer kernel (OpenVINO's u8 conv
+    chain; ONNX Runtime drops a Relu/Clip that the Q's range makes redundant). Two Q -> DQ pairs
+    there would leave OpenVINO a float FakeQuantize between the convs."""
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
         lp = plan.layer(name)
         if lp is None or lp.weight_bits is None or isinstance(module, QuantLayer):
             continue
@@ -32,4 +40,13 @@ def prepare_qat(model: nn.Module, plan: Plan) -> nn.Module:
         make_quant(module, fmt, lp.activation_bits is not None, lp.activation_symmetric,
                    output=lp.activation_bits is not None and not lp.feeds_output,
                    output_clamp=lp.output_clamp)  # fmt: skip
+    for lp in plan.layers:
+        reader, writer = modules.get(lp.name), modules.get(lp.input_from or "")
+        if (
+            isinstance(reader, QuantLayer)
+            and isinstance(writer, QuantLayer)
+            and reader.act_quant is not None
+            and writer.out_quant is not None
+        ):
+            writer.out_quant = None
     return model

@@ -13,7 +13,11 @@ from .fake import WeightFormat, fake_quantize_weight, quantize_weight, search_cl
 
 
 class ActQuant(nn.Module):
-    """Per-tensor asymmetric INT8 fake-quant with an EMA min/max observer (ONNX QDQ semantics)."""
+    """Per-tensor 8-bit fake-quant with an EMA min/max observer (ONNX QDQ semantics).
+
+    Asymmetric codes are uint8 (zero point 0..255), the activation type every CPU runtime fuses
+    into integer kernels (ONNX Runtime's u8s8 path on any x86; OpenVINO's u8 convolutions);
+    symmetric ones are int8 with zero point 0, as TensorRT requires."""
 
     def __init__(
         self,
@@ -45,12 +49,17 @@ class ActQuant(nn.Module):
                 self.hi.copy_(hi)
                 self.initialized.fill_(True)
         scale, zero_point = self.qparams()
+        qmin, qmax = self.code_range
         # ONNX QuantizeLinear divides by the scale and rounds half to even; so does this, so the
         # exported QDQ graph sees the same codes (torch's fake_quantize multiplies by 1/scale).
-        lo, hi = (-128 - zero_point) * scale, (127 - zero_point) * scale
+        lo, hi = (qmin - zero_point) * scale, (qmax - zero_point) * scale
         clipped = x.clamp(lo, hi)  # no gradient outside the range, as in real saturation
-        q = torch.clamp(torch.round(x / scale) + zero_point, -128, 127)
+        q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
         return clipped + ((q - zero_point) * scale - clipped).detach()
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        return (-128, 127) if self.symmetric else (0, 255)
 
     def qparams(self) -> tuple[float, int]:
         span = float(self.hi - self.lo)
@@ -60,7 +69,7 @@ class ActQuant(nn.Module):
             bound = max(-float(self.lo), float(self.hi))
             return (bound / 127 if bound > 0 else 1.0), 0
         scale = span / 255 if span > 0 else 1.0
-        return scale, int(min(127, max(-128, -128 + round(-float(self.lo) / scale))))
+        return scale, int(min(255, max(0, round(-float(self.lo) / scale))))
 
 
 class QuantLayer:

@@ -28,7 +28,7 @@ from ..evaluate import predict, torch_fn
 from ..plan import CHOICE_FIELDS, LayerPlan, Plan, format_label
 from ..prune.sparsity import apply_2of4
 from ..prune.structured import prune_channels
-from ..quant import WeightFormat, fold_batchnorm, quantize_weight
+from ..quant import ActQuant, WeightFormat, fold_batchnorm, quantize_weight
 from ..quant.fake import search_clip
 
 CALIBRATION = 256  # inputs at most: enough to rank layers
@@ -155,7 +155,7 @@ def _apply(
         with torch.no_grad():
             layer.weight.copy_(quantize_weight(layer.weight, fmt, clip).dequantize())
     if part.get("activation_bits") is not None:
-        _quantize_input(layer, *ranges[lp.name])
+        _quantize_input(layer, *ranges[lp.name], bool(part.get("activation_symmetric")))
     return model, coupled
 
 
@@ -181,13 +181,10 @@ def _input_ranges(model: nn.Module, layers: list[str], x: np.ndarray) -> dict[st
     return ranges
 
 
-def _quantize_input(layer: nn.Module, lo: float, hi: float) -> None:
-    """Per-tensor asymmetric int8 on the layer's input, over the calibrated range."""
-    scale = (hi - lo) / 255 or 1.0
-    zero = int(np.clip(round(-128 - lo / scale), -128, 127))
-    layer.register_forward_pre_hook(
-        lambda _m, args: (
-            torch.fake_quantize_per_tensor_affine(args[0], scale, zero, -128, 127),
-            *args[1:],
-        )
-    )
+def _quantize_input(layer: nn.Module, lo: float, hi: float, symmetric: bool) -> None:
+    """The student's 8-bit input quantizer on the layer, over the calibrated range."""
+    act = ActQuant(symmetric).eval()
+    act.lo.fill_(lo)
+    act.hi.fill_(hi)
+    act.initialized.fill_(True)
+    layer.register_forward_pre_hook(lambda _m, args: (act(args[0]), *args[1:]))
