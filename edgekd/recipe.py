@@ -1,101 +1,145 @@
-"""The Recipe: what the user asks for, as validated YAML (presets, files and ``--set`` overrides)."""
+"""The Recipe: what the user asks for, as validated YAML (presets, files and ``--set`` overrides).
+
+Each section is a pydantic model that forbids unknown keys and holds its own ranges; a
+validation error becomes one line naming the dotted key (``schema_problem``), e.g.
+``unknown recipe key 'plan.max_acuracy_drop' (did you mean 'max_accuracy_drop'?)``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import re
 import types
 import typing
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+from pydantic.fields import FieldInfo
 
 from .errors import InputError, UsageError, suggest
 
 
-@dataclass
-class PruneRecipe:
-    keep_ratio: float = 1.0  # uniform fraction of output channels kept (Torch-Pruning)
+def _yaml_number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: such a string is the number it spells."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"'{pattern}' is not a valid regex ({exc})") from None
+    return pattern
+
+
+Number = Annotated[float, BeforeValidator(_yaml_number)]
+Positive = Annotated[Number, Field(gt=0)]
+Ratio = Annotated[Number, Field(gt=0, le=1)]  # a fraction of channels kept
+Fraction = Annotated[Number, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=1)]
+BlockSize = Annotated[int, Field(ge=2, multiple_of=2)]
+Pattern = Annotated[str, AfterValidator(_regex)]  # a layer-name regex, matched in full
+
+
+class Section(BaseModel):
+    """A part of a recipe: unknown keys are errors, and YAML's types are taken as they are (no
+    ``"4"`` for 4, no ``true`` for 1), except numbers YAML 1.1 reads as strings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class PruneRecipe(Section):
+    keep_ratio: Ratio = 1.0  # uniform fraction of output channels kept (Torch-Pruning)
     sparsity: Literal["2:4", "none"] = "2:4"  # semi-structured pattern on eligible layers
-    skip: list[str] = field(default_factory=list)  # layer-name regexes left unpruned
+    # layer-name regexes left unpruned, each matching whole names (``head\..*``, not ``head``)
+    # and at least one Conv/Linear layer of the teacher
+    skip: list[Pattern] = Field(default_factory=list)
 
 
-@dataclass
-class QuantOverride:
-    match: str  # layer-name regex
+class QuantOverride(Section):
+    match: Pattern  # layer-name regex, matching whole names
     weight_bits: Literal[2, 3, 4, 8, "float"] | None = None  # None: keep the recipe's bits
-    block_size: int | None = None  # None: keep the recipe's granularity
+    block_size: BlockSize | None = None  # None: keep the recipe's granularity
 
 
-@dataclass
-class QuantRecipe:
+class QuantRecipe(Section):
     weight_bits: Literal[2, 3, 4, 8] = 4
     granularity: Literal["per_channel", "block"] = "per_channel"
-    block_size: int = 32  # along the input dimension, when granularity is "block"
+    block_size: BlockSize = 32  # along the input dimension, when granularity is "block"
     symmetric: bool = False
     activation_bits: Literal[8, 32] = 8  # 32 = float activations
-    overrides: list[QuantOverride] = field(default_factory=list)
+    overrides: list[QuantOverride] = Field(default_factory=list)
 
 
-@dataclass
-class DistillRecipe:
-    epochs: int = 30
-    batch_size: int = 64
+class DistillRecipe(Section):
+    epochs: Count = 30
+    batch_size: Count = 64
     # "auto": the rate among PROBE_LRS whose short trial leaves the student closest to the teacher
     # (2e-3 suits the demo's from-scratch student and collapses a pretrained EfficientNet)
-    lr: float | Literal["auto"] = "auto"
-    patience: int = 5  # stop after this many epochs without a better validation score
-    temperature: float = 4.0
-    alpha: float = 0.8  # weight of the KD term; 1 - alpha goes to cross-entropy where labels exist
+    lr: Positive | Literal["auto"] = "auto"
+    patience: Count = 5  # stop after this many epochs without a better validation score
+    temperature: Positive = 4.0
+    # weight of the KD term; 1 - alpha goes to cross-entropy where labels exist
+    alpha: Fraction = 0.8
     seed: int = 0
 
 
-@dataclass
-class VerifyRecipe:
-    min_agreement: float = 0.99  # top-1 agreement each export needs with its PyTorch model
+class VerifyRecipe(Section):
+    min_agreement: Fraction = 0.99  # top-1 agreement each export needs with its PyTorch model
 
 
-@dataclass
-class BenchRecipe:
-    batches: list[int] = field(default_factory=lambda: [1, 32])
-    warmup: int = 10
-    min_runs: int = 50
-    min_seconds: float = 1.0
-    threads: int | None = None  # None: the runtime's default
+class BenchRecipe(Section):
+    batches: Annotated[list[Count], Field(min_length=1)] = Field(default_factory=lambda: [1, 32])
+    warmup: Annotated[int, Field(ge=0)] = 10
+    min_runs: Count = 50
+    min_seconds: Annotated[Number, Field(ge=0)] = 1.0
+    threads: Count | None = None  # None: the runtime's default
 
 
-@dataclass
-class PlanRecipe:
+class PlanRecipe(Section):
     """The budget the student must meet, or the run fails (the gate stage)."""
 
     objective: Literal["size", "latency"] = "size"  # latency: slower than the teacher fails
-    max_accuracy_drop: float = 1.0  # points of top-1 accuracy (or agreement) below the teacher
-    latency_target: float | None = None  # student p50 / teacher p50 to reach on every runtime
+    # points of top-1 accuracy (or agreement) below the teacher
+    max_accuracy_drop: Annotated[Number, Field(gt=0, le=100)] = 1.0
+    latency_target: Positive | None = None  # student p50 / teacher p50 to reach on every runtime
     # search: measure candidates per layer and pick them (the ``auto`` preset); else the
     # prune/quant sections are the plan
     search: bool = False
-    keep_ratios: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
-    # the predicted accuracy drop (from sensitivity, before training) the search may spend, as a
-    # multiple of max_accuracy_drop: distillation wins most of it back; halved at each back-off
-    recovery: float = 10.0
-    max_rounds: int = 3  # searches, each followed by distillation, before the gate gives up
+    keep_ratios: list[Ratio] = Field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
+    # the predicted accuracy drop (from sensitivity, before training) the first search may spend,
+    # as a multiple of max_accuracy_drop: distillation wins most of it back; later rounds move
+    # it by the drop they measure (plan/rounds.py)
+    recovery: Positive = 10.0
+    max_rounds: Count = 3  # searches, each followed by distillation and the gate
 
 
-@dataclass
-class Recipe:
+class Recipe(Section):
     name: str = "custom"
     description: str = ""
-    prune: PruneRecipe = field(default_factory=PruneRecipe)
-    quant: QuantRecipe = field(default_factory=QuantRecipe)
-    distill: DistillRecipe = field(default_factory=DistillRecipe)
-    verify: VerifyRecipe = field(default_factory=VerifyRecipe)
-    bench: BenchRecipe = field(default_factory=BenchRecipe)
-    plan: PlanRecipe = field(default_factory=PlanRecipe)
+    prune: PruneRecipe = Field(default_factory=PruneRecipe)
+    quant: QuantRecipe = Field(default_factory=QuantRecipe)
+    distill: DistillRecipe = Field(default_factory=DistillRecipe)
+    verify: VerifyRecipe = Field(default_factory=VerifyRecipe)
+    bench: BenchRecipe = Field(default_factory=BenchRecipe)
+    plan: PlanRecipe = Field(default_factory=PlanRecipe)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -142,7 +186,14 @@ def load_recipe(spec: str | None, overrides: list[str] | tuple[str, ...] = ()) -
         except yaml.YAMLError:
             raise UsageError(f"override '{item}': the value is not valid YAML") from None
         _set_path(data, key.strip(), parsed)
-    return _build(Recipe, data, "")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problem = schema_problem(exc, Recipe)
+        if problem.unknown:
+            raise UsageError(f"unknown recipe key '{problem.key}'{problem.detail}") from None
+        where = f"recipe key '{problem.key}'" if problem.key else "recipe"
+        raise UsageError(where + problem.detail) from None
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:
@@ -154,60 +205,164 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     data[last] = value
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types by name."""
-    if not isinstance(data, dict):
-        raise UsageError(f"recipe section '{where or 'top level'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            raise UsageError(f"unknown recipe key '{path}'{suggest(str(key), names)}")
-        kwargs[key] = _coerce(hints[key], value, path)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field (e.g. an override's 'match') is missing
-        raise UsageError(f"recipe section '{where}': {exc}") from None
+class Problem(NamedTuple):
+    """The first thing wrong in a document, for a one-line error."""
+
+    key: str  # dotted, e.g. quant.overrides[0].match; "" for the document itself
+    unknown: bool  # an unknown key; ``detail`` then names the nearest valid one, if any
+    detail: str  # " must be in (0, 1], got 0", ": why", or " (did you mean 'x'?)"
 
 
-def _coerce(hint: Any, value: Any, path: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return _coerce(options[0], value, path)
-        for option in options:  # the first form the value takes, e.g. a float or "auto"
-            try:
-                return _coerce(option, value, path)
-            except UsageError:
-                pass
-        forms = [
-            " or ".join(map(repr, typing.get_args(o))) if typing.get_origin(o) is Literal
-            else o.__name__ for o in options
-        ]  # fmt: skip
-        raise UsageError(f"recipe key '{path}' must be {' or '.join(forms)}, got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise UsageError(f"recipe key '{path}' must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise UsageError(f"recipe key '{path}' must be a list, got {value!r}")
-        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if hint is float and not isinstance(value, bool):
-        if isinstance(value, int):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise UsageError(f"recipe key '{path}' must be {hint.__name__}, got {value!r}")
-    return value
+_KINDS = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "none_required": "null",
+}
+_RANGES = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"}
+
+
+def schema_problem(exc: ValidationError, root: type[BaseModel]) -> Problem:
+    """``exc`` (from validating a document against ``root``) as one :class:`Problem`.
+
+    A value that fails every form a key may take (``distill.lr``: a number or ``auto``) is one
+    problem listing the forms; ranges are written whole, as the schema declares them."""
+    errors = exc.errors()
+    first = errors[0]
+    key, annotation, meta, fields = _locate(first["loc"], root)
+    value = first.get("input")
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return Problem(key, True, suggest(str(first["loc"][-1]), fields))
+    if kind == "missing":
+        return Problem(key, False, " is required")
+    if kind in ("value_error", "assertion_error"):
+        why = str(first["ctx"]["error"])
+        return Problem(
+            key, False, f" {why}, got {value!r}" if why.startswith("must") else f": {why}"
+        )
+    forms: list[str] = []  # what each form the key may take asks for
+    for error in errors:
+        if _locate(error["loc"], root)[0] == key:
+            forms += _forms(error, annotation, meta)
+    if _nullable(annotation):
+        forms.append("null")
+    forms = list(dict.fromkeys(forms))
+    if all(form.startswith("'") or form[0].isdigit() or form == "null" for form in forms):
+        rule = f"one of {_join(forms)}" if len(forms) > 1 else forms[0]  # literals
+    else:
+        rule = " or ".join(forms)
+    hint = ""
+    if kind == "list_type" and isinstance(value, str):
+        hint = f" (write [{value}])"
+    elif kind == "literal_error" and isinstance(value, str):
+        hint = suggest(value, re.findall(r"'([^']*)'", first["ctx"]["expected"]))
+    return Problem(key, False, f" must be {rule}, got {value!r}{hint}")
+
+
+def _forms(error: dict[str, Any], annotation: Any, meta: list[Any]) -> list[str]:
+    """What one failed form of a key asks for: ``["in (0, 1]"]``, or each value of a
+    ``Literal`` (``["2", "3", "4", "8"]``)."""
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "literal_error":
+        return re.split(r", | or ", ctx["expected"])
+    if kind in _RANGES:
+        return [_range(annotation, meta) or error["msg"].removeprefix("Input should be ")]
+    if kind == "too_short":
+        n = ctx["min_length"]
+        return ["a non-empty list" if n == 1 else f"a list of at least {n} items"]
+    return [_KINDS.get(kind, error["msg"].removeprefix("Input should be "))]
+
+
+def _join(items: list[str]) -> str:
+    return f"{', '.join(items[:-1])} or {items[-1]}" if len(items) > 1 else items[0]
+
+
+def _locate(loc: tuple, root: type[BaseModel]) -> tuple[str, Any, list[Any], list[str]]:
+    """The dotted key an error location names, with the annotation and field metadata of what
+    it names and, for the innermost model passed, its field names. Stops at a union's tag."""
+    key, annotation, meta, fields = "", root, [], []
+    for item in loc:
+        inner = _strip(annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            fields = list(inner.model_fields)
+            key += f".{item}" if key else str(item)
+            if item not in inner.model_fields:  # an unknown key: the location ends here
+                break
+            info: FieldInfo = inner.model_fields[item]
+            annotation, meta = info.annotation, list(info.metadata)
+        elif typing.get_origin(inner) is list and isinstance(item, int):
+            key += f"[{item}]"
+            annotation, meta = typing.get_args(inner)[0], []
+        elif typing.get_origin(inner) is dict and isinstance(item, str) and item != "[key]":
+            key += f".{item}"
+            annotation, meta = typing.get_args(inner)[1], []
+        else:
+            break
+    return key, annotation, meta, fields
+
+
+def _strip(annotation: Any) -> Any:
+    """``annotation`` without ``Annotated`` and without ``| None``."""
+    while True:
+        if typing.get_origin(annotation) is Annotated:
+            annotation = typing.get_args(annotation)[0]
+            continue
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            options = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(options) == 1:
+                annotation = options[0]
+                continue
+        return annotation
+
+
+def _nullable(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(
+        None
+    ) in typing.get_args(annotation)
+
+
+def _range(annotation: Any, meta: list[Any]) -> str:
+    """e.g. ``in (0, 1]``, ``>= 1`` or ``an even number >= 2``: the bounds a number takes,
+    from the schema's constraints (those of a union's members included)."""
+    found: dict[str, Any] = {}
+
+    def collect(items: list[Any]) -> None:
+        for item in items:
+            if isinstance(item, FieldInfo):
+                collect(list(item.metadata))
+            for name in ("gt", "ge", "lt", "le", "multiple_of"):  # annotated_types' Gt, Le, ...
+                if getattr(item, name, None) is not None:
+                    found.setdefault(name, getattr(item, name))
+
+    def walk(ann: Any) -> None:
+        if typing.get_origin(ann) is Annotated:
+            ann, *extra = typing.get_args(ann)
+            collect(extra)
+            walk(ann)
+        elif typing.get_origin(ann) in (typing.Union, types.UnionType):
+            for option in typing.get_args(ann):
+                walk(option)
+
+    collect(meta)
+    walk(annotation)
+    low = ("(", found["gt"]) if "gt" in found else ("[", found["ge"]) if "ge" in found else None
+    high = (")", found["lt"]) if "lt" in found else ("]", found["le"]) if "le" in found else None
+    if low and high:
+        bounds = f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    elif low:
+        bounds = f"{'>' if low[0] == '(' else '>='} {low[1]:g}"
+    elif high:
+        bounds = f"{'<' if high[0] == ')' else '<='} {high[1]:g}"
+    else:
+        bounds = ""
+    step = found.get("multiple_of")
+    if step is None:
+        return bounds
+    number = "an even number" if step == 2 else f"a multiple of {step:g}"
+    return f"{number} {bounds}".strip()

@@ -5,21 +5,33 @@ default: 7}``: the first feature the CPU has wins). ``cpu: detect`` resolves the
 edgekd runs on (``x86-cpu``); ``cpu: [avx2]`` from a named CPU class (``x86-cpu-avx2``), for
 planning for another machine. ``extends: NAME`` takes another target's facts, so the CPU
 variants share one file of facts.
+
+Each file is checked against a schema (``TargetFile``, ``RuntimeSchema``): an unknown key, a bare
+string where a list of ops belongs, or a width no runtime has is an error naming the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
 
 from .cpu import FEATURES, CpuInfo, detect_cpu
 from .errors import InputError, UsageError, suggest
+from .recipe import schema_problem
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,7 @@ class Target:
             return f"this machine is {machine}; target {self.name} runs on {'/'.join(self.arch)}"
         if self.cpu is not None and not self.cpu_detected:
             missing = [f for f in self.cpu if f not in host.features]
-            here = _runtimes(self.raw["runtimes"], host.features, self.name)
+            here = _runtimes(_parse(self.raw, self.name, host.features))
             differ = _differences(self.runtimes, here)
             if missing or differ:
                 isa = ", ".join(sorted(host.features, key=FEATURES.index)) or "no features"
@@ -130,8 +142,76 @@ class Target:
         return f"{', '.join(self.cpu) or 'no features'} ({'detected' if self.cpu_detected else 'declared'})"
 
 
-_RUNTIME_KEYS = {f.name for f in dataclasses.fields(RuntimeSupport)} - {"name"}
-_TARGET_KEYS = {"name", "description", "arch", "cpu", "extends", "runtimes"}
+def _choose(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    """A fact written as a choice, ``{vnni: 8, default: 7}``: every branch is checked, and the
+    first feature the CPU has (``context["features"]``) wins, else ``default``."""
+    if isinstance(value, dict) and "default" in value:
+        for key in value:
+            if key != "default" and key not in FEATURES:
+                raise ValueError(
+                    f"unknown CPU feature '{key}'{suggest(str(key), FEATURES)}; "
+                    f"known: {', '.join(FEATURES)}"
+                )
+        branches = {key: _choose(v, handler, info) for key, v in value.items()}
+        features = (info.context or {}).get("features", frozenset())
+        return next((v for k, v in branches.items() if k in features), branches["default"])
+    if isinstance(value, dict) and value and all(k in FEATURES for k in value):
+        raise ValueError(f"the choice {value} needs a 'default' value")
+    return handler(value)
+
+
+T = TypeVar("T")
+Choice = Annotated[T, WrapValidator(_choose)]  # a value, or a choice of values keyed by feature
+Op = Literal["Conv", "Gemm", "MatMul"]  # the ONNX ops compressible layers export to
+Bits = Literal[2, 3, 4, 8]  # code widths
+Storage = Literal[4, 8]  # the widths codes are stored in (2- and 3-bit codes in INT4)
+PerOp = Choice[dict[Op, Choice[list[T]]]]
+
+
+class RuntimeSchema(BaseModel):
+    """One entry of a target file's ``runtimes``; becomes a :class:`RuntimeSupport`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    device: Choice[str] = "CPU"
+    weight_bits: Choice[list[Bits]]
+    lowbit_kernels: PerOp[Storage] = {}
+    faster_than_float: PerOp[Storage] = {}
+    sparse_2of4: Choice[list[Op]] = []
+    int8_weight_bits: Choice[Literal[7, 8]] = 8
+    weight_bits_by_op: PerOp[Bits] = {}
+    symmetric_only: Choice[bool] = False
+    inference_precision: Choice[str] = "f32"
+    needs_int8_activations: Choice[list[Op]] = ["Conv"]
+    needs_float_activations: Choice[list[Op]] = []
+
+
+class TargetFile(BaseModel):
+    """A target file. One that ``extends`` another may leave out what that one gives."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    description: str = ""
+    extends: str | None = None  # a target whose keys this one takes, its own winning
+    arch: list[str] | None = None  # machine names (platform.machine()) the device reports
+    cpu: Literal["detect"] | list[str] | None = None  # None: facts independent of the CPU
+    runtimes: dict[str, RuntimeSchema] | None = None
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _features(cls, value: Any) -> Any:
+        if value is None or value == "detect":
+            return value
+        if not isinstance(value, list):
+            raise ValueError("must be 'detect' or a list of features")
+        for name in value:
+            if name not in FEATURES:
+                raise ValueError(
+                    f"unknown CPU feature '{name}'{suggest(str(name), FEATURES)}; "
+                    f"known: {', '.join(FEATURES)}"
+                )
+        return value
 
 
 def _builtin_dir():
@@ -147,15 +227,12 @@ def load_target(spec: str, cpu: CpuInfo | None = None) -> Target:
 
     ``cpu``: the CPU that ``cpu: detect`` resolves against (default: this machine's).
     """
-    raw = _read(spec)
-    try:
-        return _build(raw, spec, cpu or detect_cpu())
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise InputError(f"target '{spec}' is malformed ({type(exc).__name__}: {exc})") from None
+    return _build(_read(spec), spec, cpu or detect_cpu())
 
 
 def _read(spec: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The target's YAML as a dict, with ``extends`` merged in (its own keys win)."""
+    """The target's YAML as a dict, each file checked against the schema, with ``extends``
+    merged in (its own keys win)."""
     if spec.endswith((".yaml", ".yml")):
         path = Path(spec)
         if not path.is_file():
@@ -174,9 +251,7 @@ def _read(spec: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise InputError(f"target '{spec}' is not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
         raise InputError(f"target '{spec}' must be a YAML mapping")
-    for key in raw:
-        if key not in _TARGET_KEYS:
-            raise InputError(f"target '{spec}': unknown key '{key}'{suggest(key, _TARGET_KEYS)}")
+    _parse(raw, spec, frozenset())
     base = raw.get("extends")
     if base is None:
         return raw
@@ -185,84 +260,54 @@ def _read(spec: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     return {**_read(base, (*seen, spec)), **{k: v for k, v in raw.items() if k != "extends"}}
 
 
+def _parse(raw: dict[str, Any], spec: str, features: frozenset[str]) -> TargetFile:
+    """``raw`` checked against the schema, its choices resolved for ``features``."""
+    try:
+        return TargetFile.model_validate(raw, context={"features": features})
+    except ValidationError as exc:
+        problem = schema_problem(exc, TargetFile)
+        if problem.unknown:
+            raise InputError(
+                f"target '{spec}': unknown key '{problem.key}'{problem.detail}"
+            ) from None
+        raise InputError(f"target '{spec}': {problem.key or 'the file'}{problem.detail}") from None
+
+
 def _build(raw: dict[str, Any], spec: str, host: CpuInfo) -> Target:
     cpu_spec = raw.get("cpu")
-    if cpu_spec is not None and cpu_spec != "detect" and not isinstance(cpu_spec, list):
-        raise InputError(f"target '{spec}': cpu must be 'detect' or a list of features")
     if cpu_spec == "detect":
         features: frozenset[str] = host.features
-    elif cpu_spec is None:
-        features = frozenset()
     else:
-        features = frozenset(cpu_spec)
-        for name in features:
-            _check_feature(name, spec)
+        features = frozenset(cpu_spec or ())
+    doc = _parse(raw, spec, features)
+    for key in ("arch", "runtimes"):
+        if getattr(doc, key) is None:
+            raise InputError(f"target '{spec}': {key} is required")
     return Target(
-        name=raw["name"],
-        description=raw.get("description", ""),
-        arch=tuple(raw["arch"]),
-        runtimes=_runtimes(raw["runtimes"], features, spec),
+        name=doc.name,
+        description=doc.description,
+        arch=tuple(doc.arch),
+        runtimes=_runtimes(doc),
         cpu=None if cpu_spec is None else tuple(sorted(features, key=FEATURES.index)),
         cpu_detected=cpu_spec == "detect",
         raw=raw,
     )
 
 
-def _runtimes(entries: dict[str, Any], features: frozenset[str], spec: str) -> tuple:
-    runtimes = []
-    for name, rt in entries.items():
-        for key in rt:
-            if key not in _RUNTIME_KEYS:
-                raise InputError(
-                    f"target '{spec}', runtime '{name}': unknown key '{key}'"
-                    f"{suggest(key, _RUNTIME_KEYS)}"
-                )
-        rt = _resolve(rt, features, spec)
-        per_op = functools.partial(_per_op, rt)
-        runtimes.append(
-            RuntimeSupport(
-                name=name,
-                device=str(rt.get("device", "CPU")),
-                weight_bits=tuple(rt["weight_bits"]),
-                lowbit_kernels=per_op("lowbit_kernels"),
-                faster_than_float=per_op("faster_than_float"),
-                sparse_2of4=tuple(rt.get("sparse_2of4") or ()),
-                int8_weight_bits=int(rt.get("int8_weight_bits", 8)),
-                weight_bits_by_op=per_op("weight_bits_by_op"),
-                symmetric_only=bool(rt.get("symmetric_only", False)),
-                inference_precision=str(rt.get("inference_precision", "f32")),
-                needs_int8_activations=tuple(rt.get("needs_int8_activations", ["Conv"])),
-                needs_float_activations=tuple(rt.get("needs_float_activations") or ()),
-            )
-        )
-    return tuple(runtimes)
+def _runtimes(doc: TargetFile) -> tuple[RuntimeSupport, ...]:
+    return tuple(
+        RuntimeSupport(name=name, **{key: _frozen(value) for key, value in rt})
+        for name, rt in (doc.runtimes or {}).items()
+    )
 
 
-def _per_op(rt: dict[str, Any], key: str) -> dict[str, tuple[int, ...]]:
-    return {op: tuple(bits) for op, bits in (rt.get(key) or {}).items()}
-
-
-def _resolve(value: Any, features: frozenset[str], spec: str) -> Any:
-    """Replace every ``{feature: value, ..., default: value}`` choice by the value that applies."""
-    if isinstance(value, dict) and "default" in value:
-        for key in value:
-            if key != "default":
-                _check_feature(key, spec)
-        chosen = next((v for k, v in value.items() if k in features), value["default"])
-        return _resolve(chosen, features, spec)
-    if isinstance(value, dict) and value and all(k in FEATURES for k in value):
-        raise InputError(f"target '{spec}': the choice {value} needs a 'default' value")
+def _frozen(value: Any) -> Any:
+    """Lists as tuples, as :class:`RuntimeSupport` holds them."""
+    if isinstance(value, list):
+        return tuple(value)
     if isinstance(value, dict):
-        return {k: _resolve(v, features, spec) for k, v in value.items()}
+        return {k: _frozen(v) for k, v in value.items()}
     return value
-
-
-def _check_feature(name: str, spec: str) -> None:
-    if name not in FEATURES:
-        raise InputError(
-            f"target '{spec}': unknown CPU feature '{name}'{suggest(name, FEATURES)}; "
-            f"known: {', '.join(FEATURES)}"
-        )
 
 
 def _differences(planned: tuple[RuntimeSupport, ...], here: tuple[RuntimeSupport, ...]) -> str:

@@ -117,7 +117,7 @@ def test_unknown_runtime_key_in_a_target_file_is_an_error(tmp_path):
         "name: mine\narch: [x86_64]\nruntimes:\n  onnxruntime:\n    weight_bits: [8]\n"
         "    fast_weight_bits: {Conv: [8]}\n"
     )
-    with pytest.raises(InputError, match="unknown key 'fast_weight_bits'"):
+    with pytest.raises(InputError, match="unknown key 'runtimes.onnxruntime.fast_weight_bits'"):
         load_target(str(path))
 
 

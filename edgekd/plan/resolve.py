@@ -244,7 +244,9 @@ def sparsity_ineligible(module: nn.Module) -> str | None:
 def resolve_plan(
     recipe: Recipe, targets: list[Target], teacher: nn.Module, example: torch.Tensor
 ) -> Plan:
-    _check_recipe_values(recipe)
+    _check_recipe_values(
+        recipe, [n for n, m in teacher.named_modules() if isinstance(m, COMPRESSIBLE)]
+    )
     traced = trace_layers(teacher, example)
     outputs, ranks = traced.outputs, traced.ranks
     runtimes = [(t, rt) for t in targets for rt in t.runtimes]
@@ -422,75 +424,23 @@ def _legal_bits(
     return bits, reasons
 
 
-def _check_recipe_values(recipe: Recipe) -> None:
-    """Ranges the types cannot express, checked before any work starts."""
-    d, b = recipe.distill, recipe.bench
-    checks = [
-        (
-            "prune.keep_ratio",
-            recipe.prune.keep_ratio,
-            0.0 < recipe.prune.keep_ratio <= 1.0,
-            "in (0, 1]",
-        ),
-        ("distill.epochs", d.epochs, d.epochs >= 1, ">= 1"),
-        ("distill.batch_size", d.batch_size, d.batch_size >= 1, ">= 1"),
-        ("distill.lr", d.lr, d.lr == "auto" or d.lr > 0, "> 0 or auto"),
-        ("distill.patience", d.patience, d.patience >= 1, ">= 1"),
-        ("distill.temperature", d.temperature, d.temperature > 0, "> 0"),
-        ("distill.alpha", d.alpha, 0.0 <= d.alpha <= 1.0, "in [0, 1]"),
-        (
-            "verify.min_agreement",
-            recipe.verify.min_agreement,
-            0.0 <= recipe.verify.min_agreement <= 1.0,
-            "in [0, 1]",
-        ),
-        (
-            "bench.batches",
-            b.batches,
-            bool(b.batches) and min(b.batches) >= 1,
-            "a non-empty list of sizes >= 1",
-        ),
-        ("bench.warmup", b.warmup, b.warmup >= 0, ">= 0"),
-        ("bench.min_runs", b.min_runs, b.min_runs >= 1, ">= 1"),
-        ("bench.min_seconds", b.min_seconds, b.min_seconds >= 0, ">= 0"),
-        ("bench.threads", b.threads, b.threads is None or b.threads >= 1, "null or >= 1"),
-        (
-            "plan.max_accuracy_drop",
-            recipe.plan.max_accuracy_drop,
-            0 < recipe.plan.max_accuracy_drop <= 100,
-            "in (0, 100] points",
-        ),
-        (
-            "plan.latency_target",
-            recipe.plan.latency_target,
-            recipe.plan.latency_target is None or recipe.plan.latency_target > 0,
-            "null or > 0 (student p50 / teacher p50)",
-        ),
-        (
-            "plan.keep_ratios",
-            recipe.plan.keep_ratios,
-            all(0.0 < k <= 1.0 for k in recipe.plan.keep_ratios),
-            "a list of ratios in (0, 1]",
-        ),
-        ("plan.recovery", recipe.plan.recovery, recipe.plan.recovery > 0, "> 0"),
-        ("plan.max_rounds", recipe.plan.max_rounds, recipe.plan.max_rounds >= 1, ">= 1"),
+def _check_recipe_values(recipe: Recipe, layers: list[str]) -> None:
+    """What the recipe's schema cannot check alone, before any work starts: each layer pattern
+    matches some Conv/Linear layer of this teacher (ranges and regex syntax are the schema's)."""
+    patterns = [(f"prune.skip[{i}]", p) for i, p in enumerate(recipe.prune.skip)] + [
+        (f"quant.overrides[{i}].match", o.match) for i, o in enumerate(recipe.quant.overrides)
     ]
-    blocks = [("quant.block_size", recipe.quant.block_size)] + [
-        (f"quant.overrides[{i}].block_size", o.block_size)
-        for i, o in enumerate(recipe.quant.overrides)
-    ]
-    checks += [
-        (key, v, v is None or (v >= 2 and v % 2 == 0), "an even number >= 2") for key, v in blocks
-    ]
-    for key, value, ok, rule in checks:
-        if not ok:
-            raise UsageError(f"{key} must be {rule}, got {value}")
-    for pattern in [*recipe.prune.skip, *(o.match for o in recipe.quant.overrides)]:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise UsageError(f"recipe regex '{pattern}' is invalid ({exc})") from None
+    for key, pattern in patterns:
+        if layers and not any(_matches(layer, [pattern]) for layer in layers):
+            shown = ", ".join(layers[:6]) + (
+                f", ... ({len(layers)} in all)" if len(layers) > 6 else ""
+            )
+            raise UsageError(
+                f"{key} '{pattern}' matches no layer of the teacher (patterns match whole names); "
+                f"its Conv/Linear layers: {shown}"
+            )
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
-    return any(re.fullmatch(p, name) or re.search(p, name) for p in patterns)
+    """Whether a pattern matches the whole layer name (``head`` does not match ``head.1``)."""
+    return any(re.fullmatch(p, name) for p in patterns)
