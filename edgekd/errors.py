@@ -41,12 +41,7 @@ class StageError(EdgeKDError):
 
 
 class BudgetMiss(StageError):
-    """The student misses the user's budget (the gate stage); ``accuracy_drop``: the measured
-    drop in points when it misses on accuracy, else None."""
-
-    def __init__(self, message: str, accuracy_drop: float | None) -> None:
-        super().__init__(message)
-        self.accuracy_drop = accuracy_drop
+    """The student misses the user's budget (the gate stage; the figures are in its verdict)."""
 
 
 def suggest(name: str, options: Iterable[str]) -> str:

@@ -58,13 +58,15 @@ def agreement(logits: np.ndarray, reference: np.ndarray) -> dict:
 def near_ties(diff: np.ndarray, top2: np.ndarray | None, flips: np.ndarray) -> int:
     """Disagreements that integer rounding explains: the reference's top-2 margin is within
     twice the export's typical error (99th percentile over examples of the largest logit
-    error). None when that error is not small against the margins the model decides by
-    (a quarter of the median margin): a broken export cannot call its flips ties."""
+    error). None when that band reaches the median margin, the one most decisions clear: a
+    broken export cannot call its flips ties. (A quarter of the median was too strict for a
+    1000-class model on unlabelled photos: EfficientNet-Lite0's healthy int8 export, 0.28 error,
+    flipped two examples at margins 0.05 and 0.03 where the median margin is 0.8.)"""
     if top2 is None or not len(flips):
         return 0
     margins = top2[:, 1] - top2[:, 0]
     tolerance = 2 * float(np.percentile(diff.max(1), 99))
-    if tolerance > np.median(margins) / 4:
+    if tolerance > np.median(margins):
         return 0
     return int((margins[flips] <= tolerance).sum())
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from . import bench, distill, export, gate, latency, plan, prune, report, sensitivity, verify
 from .atomic import write_text
@@ -22,6 +23,7 @@ from .data import load_data
 from .errors import BudgetMiss, EdgeKDError, ShapeError, StageError
 from .evaluate import RUNTIME_BATCH
 from .models import load_teacher, model_fingerprint
+from .plan import rounds
 from .recipe import load_recipe
 from .rundir import RunDir
 from .targets import load_target
@@ -96,45 +98,26 @@ def compress(
     run = RunDir.create(out_dir, config, resume)
     ctx = _context(run, parts, log, progress)
     run.save()
-    todo = list(STAGES)
+    todo, trained = list(STAGES), False
     while todo:
         name = todo.pop(0)
         inputs = _inputs(ctx, name)
         if run.is_current(name, inputs):  # outputs are content hashes: same inputs, same work
             log(f"- {name}: up to date, skipped")
             continue
+        trained |= name == "distill"  # a round is judged once, after the student it trained
         try:
             _run_stage(ctx, name, STAGES[name], inputs)
-        except BudgetMiss as miss:
-            if miss.accuracy_drop is None or not _back_off(ctx, miss.accuracy_drop):
+        except BudgetMiss:
+            if not (trained and rounds.next_round(ctx, _plan_fingerprint)):
+                if rounds.restore_best(ctx):
+                    return run.path
                 raise
-            log(f"  {miss.message}")
-            log(
-                f"back-off: predicted {ctx.plan.search['predicted_drop_pts']:.2f} pts before "
-                f"training, measured {miss.accuracy_drop:.2f} after; searching again within "
-                f"{ctx.budget_pts:.2f} pts (round {ctx.round + 1})"
-            )
-            todo = list(STAGES)[list(STAGES).index("plan") :]
+            todo, trained = list(STAGES)[list(STAGES).index("plan") :], False
+            continue
+        if name == "gate" and trained and rounds.next_round(ctx, _plan_fingerprint):
+            todo, trained = list(STAGES)[list(STAGES).index("plan") :], False
     return run.path
-
-
-def _back_off(ctx: Context, measured_drop: float) -> bool:
-    """Start the next search round if the recipe searches and rounds are left.
-
-    Its damage budget is half the last one, or less where the last round's measured drop shows
-    the prediction was optimistic: scaled by predicted/measured, it aims the next prediction at
-    what the budget allows. So every round changes the plan, and by what was measured."""
-    if not ctx.recipe.plan.search or ctx.round + 1 >= ctx.recipe.plan.max_rounds:
-        return False
-    last = ctx.plan.search
-    scaled = last["predicted_drop_pts"] * ctx.recipe.plan.max_accuracy_drop / measured_drop
-    ctx.budget_pts = min(last["budget_pts"] / 2, scaled)
-    ctx.round += 1
-    ctx.run.manifest["plan_round"] = ctx.round  # a resumed run goes on from this round
-    ctx.run.manifest["plan_budget_pts"] = ctx.budget_pts
-    ctx.run.manifest["fingerprints"]["plan"] = _plan_fingerprint(ctx)
-    ctx.run.save()
-    return True
 
 
 def run_one(
@@ -281,13 +264,21 @@ def _run_stage(
     ctx.log(f"✓ {name} ({seconds:.1f} s)")
 
 
-QUANT_FORMAT = 5  # 2: weight clipping; 3: int8 outputs; 4: outputs within the activation; 5: shared
+# 2: weight clipping; 3: int8 outputs; 4: outputs within the activation; 5: uint8, chained
+QUANT_FORMAT = 5
 
 
 def _fingerprint(*parts: Any) -> str:
-    """Stable hash of settings; dataclasses (recipe sections, targets) hash by their fields."""
-    plain = [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    """Stable hash of settings; recipe sections (pydantic models) and dataclasses (targets) hash
+    by their fields, so a section hashes as it did when it was a dataclass."""
+    plain = [_fields(p) for p in parts]
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _fields(part: Any) -> Any:
+    if isinstance(part, BaseModel):
+        return part.model_dump(mode="json")
+    return dataclasses.asdict(part) if dataclasses.is_dataclass(part) else part
 
 
 def _default_out(teacher: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,31 @@ class RunDir:
 
     def save(self) -> None:
         write_json(self.path / MANIFEST, self.manifest)
+
+    def keep_round(self, name: str, stages: list[str], state: dict[str, Any]) -> None:
+        """Copy these stages' outputs and records, and ``state`` (manifest keys), to
+        ``rounds/<name>/``, so a later round that does worse cannot cost this one."""
+        dest = self.path / "rounds" / name
+        records = {s: self.manifest["stages"][s] for s in stages if s in self.manifest["stages"]}
+        for rec in records.values():
+            for rel in rec.get("outputs", {}):
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.path / rel, dest / rel)
+        write_json(dest / "round.json", {"stages": records, "state": state})
+
+    def restore_round(self, name: str) -> dict[str, Any]:
+        """Put a kept round's outputs and records back; return its ``state``."""
+        src = self.path / "rounds" / name
+        kept = json.loads((src / "round.json").read_text(encoding="utf-8"))
+        for rec in kept["stages"].values():
+            for rel in rec.get("outputs", {}):
+                temp = self.path / f"{rel}.restoring"
+                shutil.copy2(src / rel, temp)
+                temp.replace(self.path / rel)  # whole files only, as every artifact
+        self.manifest["stages"].update(kept["stages"])
+        self.manifest.update(kept["state"])
+        self.save()
+        return kept["state"]
 
 
 def _now() -> str:

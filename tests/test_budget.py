@@ -114,3 +114,16 @@ def test_verify_fails_an_export_only_when_its_agreement_interval_is_below_the_th
     assert top(29, 30) >= 0.99  # one integer-rounding flip in 30 cannot judge a 99% export
     assert top(28, 30) < 0.99  # two can
     assert top(995, 1000) >= 0.99 and top(980, 1000) < 0.99
+
+
+def test_a_flip_within_the_exports_error_is_a_tie_unless_the_error_rivals_most_margins():
+    from edgekd.evaluate import near_ties
+
+    margins = np.array([0.03, 0.05, 0.6, 0.8, 0.9, 1.2, 1.5])  # one per example
+    top2 = np.stack([np.zeros_like(margins), margins], 1)
+    flips = np.array([0, 1])
+    small = np.full((7, 10), 0.28)  # 2 x 0.28 < median margin 0.9: healthy integer rounding
+    assert near_ties(small, top2, flips) == 2
+    assert near_ties(small, top2, np.array([0, 5])) == 1  # a flip at 1.2 is no tie
+    broken = np.full((7, 10), 0.5)  # 2 x 0.5 > 0.9: the band covers most decisions
+    assert near_ties(broken, top2, flips) == 0

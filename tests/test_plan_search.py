@@ -15,6 +15,7 @@ from edgekd.plan import (
     resolve_plan,
     searched,
 )
+from edgekd.plan.rounds import next_budget
 from edgekd.plan.search import Option, greedy
 from edgekd.recipe import load_recipe
 from edgekd.targets import load_target
@@ -135,10 +136,33 @@ def test_a_student_that_misses_the_budget_is_searched_again_within_a_measured_bu
     )  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     plan = json.loads((out / "plan" / "plan.json").read_text())
-    assert "back-off" in result.stdout + result.stderr
+    assert "narrowing the search" in result.stdout + result.stderr
     assert manifest["plan_round"] == 1 and plan["search"]["round"] == 1
     # at most half the first budget, and less where training lost more than predicted
     assert plan["search"]["budget_pts"] == manifest["plan_budget_pts"] <= 1000 * 0.1 / 2
     assert plan["search"]["predicted_drop_pts"] <= plan["search"]["budget_pts"]
     if result.returncode:  # still missing after the last round: one line, exit 5
         assert result.returncode == 5 and "misses its budget" in result.stderr
+
+
+def _round(budget, predicted, measured, passed):
+    return {"budget_pts": budget, "predicted_drop_pts": predicted, "measured_drop_pts": measured,
+            "passed": passed}  # fmt: skip
+
+
+def test_the_next_round_budget_follows_the_measured_drop():
+    # missed: at most half, and scaled by how optimistic the prediction was
+    assert next_budget([_round(10, 1.2, 13.0, False)], 1.0) == pytest.approx(1.2 / 13)
+    assert next_budget([_round(10, 8.0, 1.5, False)], 1.0) == 5
+    # met with room to spare: wider by budget/measured, at most 4x
+    assert next_budget([_round(10, 7.7, 0.4, True)], 1.0) == pytest.approx(25)
+    assert next_budget([_round(10, 7.7, 0.0, True)], 1.0) == 40
+    # met and most of the budget spent: keep it
+    assert next_budget([_round(10, 7.7, 0.8, True)], 1.0) is None
+    # accurate but too slow: wider even with little room
+    assert next_budget([_round(10, 7.7, 0.8, False)], 1.0) == pytest.approx(12.5)
+    # between a budget that met and one that missed: the middle, either way
+    history = [_round(10, 7.7, 0.4, True), _round(25, 20, 1.5, False)]
+    assert next_budget(history, 1.0) == 17.5
+    history.append(_round(17.5, 12, 0.3, True))
+    assert next_budget(history, 1.0) == pytest.approx(21.25)

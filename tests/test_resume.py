@@ -123,3 +123,27 @@ def test_adding_a_target_that_needs_symmetric_activations_changes_what_distill_r
         lp.activation_symmetric for lp in both.layers
     ]
     assert "plan" in READS["distill"]  # distill re-runs when plan.json's content changes
+
+
+def test_a_kept_round_comes_back_whole_after_a_later_round_overwrote_it(tmp_path):
+    from edgekd.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "run", {"teacher": "demo"}, resume=False)
+    student = run.path / "distill" / "student.pt"
+    student.parent.mkdir()
+    student.write_bytes(b"round 1")
+    run.start("distill", {"config": "a"})
+    run.finish("distill", [student], {"round": 1}, 1.0, {})
+    run.keep_round("0", ["plan", "distill"], {"plan_round": 0, "plan_budget_pts": None})
+    first = copy.deepcopy(run.manifest["stages"])
+
+    student.write_bytes(b"round 2, worse")
+    run.start("distill", {"config": "b"})
+    run.finish("distill", [student], {"round": 2}, 1.0, {})
+    run.manifest.update(plan_round=1, plan_budget_pts=5.0)
+
+    assert run.restore_round("0") == {"plan_round": 0, "plan_budget_pts": None}
+    assert student.read_bytes() == b"round 1"
+    reopened = RunDir.open(run.path).manifest
+    assert reopened["stages"] == first and reopened["plan_round"] == 0
+    assert run.is_current("distill", {"config": "a"})

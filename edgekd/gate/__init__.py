@@ -41,8 +41,7 @@ def run(ctx: Context) -> Context:
         raise BudgetMiss(
             f"the student misses its budget: {'; '.join(budget['failures'])}; "
             f"{'; '.join(advice)}; or loosen plan.max_accuracy_drop / plan.latency_target "
-            f"(see {ctx.run.path / 'report.md'})",
-            accuracy_drop=accuracy["drop_pts"] if missed_accuracy else None,
+            f"(see {ctx.run.path / 'report.md'})"
         )
     return ctx
 

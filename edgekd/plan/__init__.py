@@ -43,23 +43,13 @@ if TYPE_CHECKING:  # context.py imports the plan types from here
 __all__ = [
     "CHOICE_FIELDS", "COMPRESSIBLE", "LayerPlan", "Plan", "Traced", "choice_label", "choice_of",
     "format_label", "kept_shape", "part_labels", "points_per_kl", "predicted_latency",
-    "resolve_plan", "run", "searched", "sparsity_ineligible", "trace_layers",
+    "resolve_plan", "run", "search", "searched", "sparsity_ineligible", "trace_layers",
 ]  # fmt: skip
 
 
 def run(ctx: Context) -> Context:
-    space = ctx.space
     if ctx.recipe.plan.search:
-        table = ctx.read_json("latency", "table.json")
-        plan = searched(
-            space,
-            ctx.read_json("sensitivity", "sensitivity.json"),
-            table,
-            ctx.recipe.plan,
-            [(t, rt) for t in ctx.targets for rt in t.runtimes],
-            ctx.round,
-            ctx.budget_pts,
-        )
+        plan = search(ctx, ctx.budget_pts)
         found = plan.search
         ctx.log(
             f"  round {found['round'] + 1}: predicted drop {found['predicted_drop_pts']:.2f} of "
@@ -71,10 +61,23 @@ def run(ctx: Context) -> Context:
             ctx.log(f"  {key}: layers {p['float_ms']:.3f} ms float -> {p['planned_ms']:.3f} ms")
         ctx.metrics.update(round=found["round"], predicted_drop_pts=found["predicted_drop_pts"])
     else:
-        plan = space
+        plan = ctx.space
     write_json(ctx.out("plan.json"), plan.to_dict())
     ctx.metrics.update(choices=dict(Counter(choice_label(choice_of(lp)) for lp in plan.layers)))
     return ctx
+
+
+def search(ctx: Context, budget: float | None) -> Plan:
+    """The plan this run's measured tables give within ``budget`` points (None: the recipe's)."""
+    return searched(
+        ctx.space,
+        ctx.read_json("sensitivity", "sensitivity.json"),
+        ctx.read_json("latency", "table.json"),
+        ctx.recipe.plan,
+        [(t, rt) for t in ctx.targets for rt in t.runtimes],
+        ctx.round,
+        budget,
+    )
 
 
 def searched(

@@ -7,7 +7,7 @@ from typing import Any
 from .. import __version__
 from ..budget import judge
 from ..context import Context
-from ..plan import Plan, predicted_latency
+from ..plan import Plan, predicted_latency, rounds
 
 
 def assemble(ctx: Context) -> dict[str, Any]:
@@ -76,6 +76,7 @@ def assemble(ctx: Context) -> dict[str, Any]:
         report["layer_latency"]["layers"], ctx.plan, report["speedups"]
     )
     report["budget"] = judge(report, ctx.recipe.plan)
+    report["budget"]["earlier_rounds"] = rounds.history(ctx)  # this one's verdict is above
     return report
 
 

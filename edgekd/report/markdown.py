@@ -210,6 +210,12 @@ def _budget(budget: dict[str, Any]) -> list[str]:
     if budget["latency_unchecked"]:
         lines.append(f"- Latency not checked on: {', '.join(budget['latency_unchecked'])}.")
     lines += [f"- **{f}**" for f in budget["failures"]]
+    lines += [
+        f"- Round {r['round'] + 1} of the search: budget {r['budget_pts']:.2f} pts of predicted "
+        f"damage ({r['predicted_drop_pts']:.2f} spent), measured drop {r['measured_drop_pts']:.2f}"
+        f" pts: {'met' if r['passed'] else 'missed'} the budget."
+        for r in budget.get("earlier_rounds", [])
+    ]
     return lines
 
 

@@ -1,0 +1,207 @@
+"""Presets and the measured plan beside NNCF INT8 post-training quantization, per teacher.
+
+For each teacher, every recipe runs ``edgekd compress`` on the same data; NNCF quantizes the same
+teacher's ONNX on the same training split (what a user would otherwise do in seconds). Then every
+model (teacher, each student, NNCF's) is opened in each runtime as deployed, scored against the
+PyTorch teacher on the test split, and timed interleaved with the teacher in one measurement per
+runtime and batch, so the ratios in a row share their conditions.
+
+Run from the repository root::
+
+    python benchmarks/plan_search.py                       # demo teacher, digits
+    python benchmarks/plan_search.py --teachers lite0      # EfficientNet-Lite0 (see real_teachers)
+    python benchmarks/plan_search.py --recipes auto --set distill.epochs=3 --teachers lite0
+
+NNCF is not a dependency of edgekd: ``pip install nncf`` for its rows (skipped with a note if absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.real_teachers
+
+import edgekd
+from edgekd.bench.timing import measure_interleaved
+from edgekd.budget import wilson
+from edgekd.data import load_data
+from edgekd.errors import EdgeKDError
+from edgekd.models import load_teacher
+from edgekd.runtimes import get_runtime
+
+TEACHERS = {  # name -> (teacher spec, data spec)
+    "demo": ("demo", "digits"),
+    "lite0": ("benchmarks.real_teachers:lite0", "benchmarks.real_teachers:photo_crops"),
+}
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teachers", nargs="+", default=["demo"], choices=list(TEACHERS))
+    parser.add_argument("--recipes", nargs="+", default=["auto", "default", "w8a8", "small"])
+    parser.add_argument("--set", action="append", default=[], help="recipe override, all runs")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing per runtime and batch")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="keep the runs here (and resume those found)"
+    )
+    args = parser.parse_args()
+    root = args.out or Path(tempfile.mkdtemp(prefix="edgekd-plan-search-"))
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    for name in args.teachers:
+        console.print(_teacher_table(name, args, root / name))
+    console.print(f"{_machine()}; runs in {root}")
+
+
+def _teacher_table(name: str, args: argparse.Namespace, root: Path) -> Table:
+    teacher_spec, data_spec = TEACHERS[name]
+    data = load_data(data_spec)
+    reference = _torch_logits(load_teacher(teacher_spec, None, False, lambda _m: None), data.test.x)
+    models, rows = {}, {}
+    for recipe in args.recipes:
+        began = time.perf_counter()
+        out = root / recipe
+        try:
+            edgekd.compress(out=out, teacher=teacher_spec, data=data_spec, recipe=recipe,
+                            set=args.set, resume=(out / "manifest.json").is_file(),
+                            log=lambda _m: None)  # fmt: skip
+            status = "✓"
+        except EdgeKDError as exc:  # a missed budget is a result too: its report is written
+            status = f"✗ exit {exc.exit_code}"
+        rows[recipe] = _run_facts(out, status, time.perf_counter() - began)
+        if (out / "export" / "student.onnx").is_file():
+            models[recipe] = out / "export" / "student.onnx"
+    teacher_onnx = next((root / r / "export" / "teacher.onnx" for r in args.recipes), None)
+    if teacher_onnx is None or not teacher_onnx.is_file():
+        raise SystemExit(f"{name}: no run exported its teacher; see the runs in {root}")
+    nncf_onnx, nncf_note = _nncf_int8(teacher_onnx, data.train.x, root / "nncf")
+    if nncf_onnx:
+        models["NNCF INT8 PTQ"] = nncf_onnx
+        rows["NNCF INT8 PTQ"] = {"status": nncf_note, "seconds": {}}
+    measured = _measure(teacher_onnx, models, data.test.x, reference, args, root / "artifacts")
+    table = Table(
+        "model", "status", "agreement (95% CI)", "size T/S", "runtime", "batch", "T/S p50",
+        "predicted T/S", "stage seconds",
+        title=f"{name}: {len(data.test.x)} test examples",
+    )  # fmt: skip
+    for model, facts in rows.items():
+        for runtime in RUNTIMES:
+            for batch in args.batches:
+                m = measured.get((model, runtime, batch))
+                table.add_row(
+                    model, facts["status"],
+                    m["agreement"] if m else "-",
+                    facts.get("size", measured.get((model, "size"), "-")),
+                    runtime, str(batch),
+                    f"{m['ratio']:.2f}x" if m else "-",
+                    facts.get("predicted", {}).get(f"{runtime} b{batch}", "-"),
+                    facts["seconds"] if (runtime, batch) == (RUNTIMES[0], args.batches[0]) else "",
+                )  # fmt: skip
+    if nncf_onnx is None:
+        table.caption = nncf_note
+    return table
+
+
+def _run_facts(run: Path, status: str, seconds: float) -> dict:
+    """Size ratio, predicted layer speedups and stage times from a run's report and manifest."""
+    facts: dict = {"status": status, "seconds": f"{seconds:.0f} s"}
+    report_path = run / "report.json"
+    if not report_path.is_file():
+        return facts
+    report = json.loads(report_path.read_text())
+    facts["size"] = f"{report['student']['compression_ratio']:.2f}x"
+    facts["predicted"] = {
+        f"{p['where'].split('/')[-1]}": f"{1 / p['planned_over_float']:.2f}x"
+        for p in report.get("latency_prediction", [])
+        if p.get("planned_over_float")
+    }
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    slow = {k: v.get("seconds", 0) for k, v in stages.items() if v.get("seconds", 0) >= 1}
+    rounds = len(json.loads((run / "manifest.json").read_text()).get("plan_rounds", [])) or 1
+    facts["seconds"] = (
+        f"{seconds:.0f} s ({rounds} round{'s' * (rounds > 1)}; "
+        + ", ".join(f"{k} {v:.0f}" for k, v in slow.items())
+        + ")"
+    )
+    return facts
+
+
+def _nncf_int8(teacher_onnx: Path, train: np.ndarray, out: Path) -> tuple[Path | None, str]:
+    """NNCF's default INT8 post-training quantization of the teacher, calibrated on the
+    training split; (None, why) when NNCF is not installed."""
+    try:
+        import nncf
+    except ImportError:
+        return None, "NNCF INT8 PTQ: not run (pip install nncf)"
+    model = onnx.load(teacher_onnx)
+    feed = model.graph.input[0].name
+    dataset = nncf.Dataset([train[i : i + 1] for i in range(len(train))], lambda x: {feed: x})
+    began = time.perf_counter()
+    quantized = nncf.quantize(model, dataset, subset_size=min(300, len(train)))
+    seconds = time.perf_counter() - began
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(quantized, out / "student.onnx")
+    return out / "student.onnx", f"✓ {seconds:.0f} s (nncf {nncf.__version__})"
+
+
+def _measure(teacher_onnx, models, x, reference, args, tmp: Path) -> dict:
+    """Per runtime: every model's top-1 agreement with the PyTorch teacher on ``x`` and its
+    p50 over the teacher's at each batch, all interleaved in one measurement."""
+    results: dict = {}
+    for name in RUNTIMES:
+        runtime = get_runtime(name)
+        if runtime.unavailable_reason():
+            continue
+        sessions = {}
+        (tmp / name).mkdir(parents=True, exist_ok=True)
+        for i, (model, path) in enumerate({"teacher": teacher_onnx, **models}.items()):
+            artifact = runtime.build(path, tmp / name / f"{i}{runtime.artifact_suffix}")
+            sessions[model] = runtime.open(artifact, None, "deploy")
+        for model, session in sessions.items():
+            got = np.concatenate([session.run(x[i : i + 32]) for i in range(0, len(x), 32)])
+            same = float((got.argmax(1) == reference.argmax(1)).mean())
+            lo, hi = wilson(same, len(x))
+            agreement = f"{same:.1%} ({lo:.0%}-{hi:.0%})"
+            for batch in args.batches:
+                results[(model, name, batch)] = {"agreement": agreement}
+        for batch in args.batches:
+            inputs = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])), np.float32)
+            stats = measure_interleaved(
+                {model: (lambda s=s, x=inputs: s.run(x)) for model, s in sessions.items()},
+                warmup=5, min_runs=30, min_seconds=args.seconds,
+            )  # fmt: skip
+            for model in models:
+                results[(model, name, batch)]["ratio"] = stats["teacher"].p50 / stats[model].p50
+    for model, path in models.items():
+        results[(model, "size")] = f"{teacher_onnx.stat().st_size / path.stat().st_size:.2f}x"
+    return results
+
+
+def _torch_logits(teacher: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate(
+            [teacher.eval()(torch.from_numpy(x[i : i + 32])).numpy() for i in range(0, len(x), 32)]
+        )
+
+
+def _machine() -> str:
+    from edgekd.cpu import detect_cpu
+
+    cpu = detect_cpu()
+    return f"{cpu.model}, {cpu.usable_cores} cores, {' '.join(sorted(cpu.features))}"
+
+
+if __name__ == "__main__":
+    main()
