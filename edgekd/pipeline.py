@@ -108,13 +108,17 @@ def compress(
         trained |= name == "distill"  # a round is judged once, after the student it trained
         try:
             _run_stage(ctx, name, STAGES[name], inputs)
-        except BudgetMiss:
+        except BudgetMiss as miss:
             if not (trained and rounds.next_round(ctx, _plan_fingerprint)):
-                if rounds.restore_best(ctx):
+                if rounds.restore_best(ctx, miss.message):
                     return run.path
                 raise
             todo, trained = list(STAGES)[list(STAGES).index("plan") :], False
             continue
+        except StageError as exc:  # a bolder round that cannot train or export faithfully
+            if name in rounds.ROUND_STAGES and rounds.restore_best(ctx, exc.message):
+                return run.path
+            raise
         if name == "gate" and trained and rounds.next_round(ctx, _plan_fingerprint):
             todo, trained = list(STAGES)[list(STAGES).index("plan") :], False
     return run.path

@@ -116,14 +116,14 @@ def test_verify_fails_an_export_only_when_its_agreement_interval_is_below_the_th
     assert top(995, 1000) >= 0.99 and top(980, 1000) < 0.99
 
 
-def test_a_flip_within_the_exports_error_is_a_tie_unless_the_error_rivals_most_margins():
+def test_a_flip_within_the_exports_error_is_a_tie_unless_the_error_is_large_for_the_logits():
     from edgekd.evaluate import near_ties
 
-    margins = np.array([0.03, 0.05, 0.6, 0.8, 0.9, 1.2, 1.5])  # one per example
-    top2 = np.stack([np.zeros_like(margins), margins], 1)
-    flips = np.array([0, 1])
-    small = np.full((7, 10), 0.28)  # 2 x 0.28 < median margin 0.9: healthy integer rounding
-    assert near_ties(small, top2, flips) == 2
-    assert near_ties(small, top2, np.array([0, 5])) == 1  # a flip at 1.2 is no tie
-    broken = np.full((7, 10), 0.5)  # 2 x 0.5 > 0.9: the band covers most decisions
-    assert near_ties(broken, top2, flips) == 0
+    reference = np.zeros((4, 5), np.float32)
+    reference[:, 0] = 8.0  # logits spread over 8: errors up to 0.4 are small
+    reference[:, 1] = [7.9, 7.95, 6.0, 2.0]  # top-2 margins 0.1, 0.05, 2 and 6
+    flips = np.array([0, 1, 2])
+    small = np.full((4, 5), 0.1, np.float32)
+    assert near_ties(small, reference, flips) == 2  # margins 0.1 and 0.05; 2 is no tie
+    broken = np.full((4, 5), 1.0, np.float32)  # 1/8 of the spread: not rounding
+    assert near_ties(broken, reference, flips) == 0

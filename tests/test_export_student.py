@@ -89,3 +89,55 @@ def test_int8_layers_chained_through_an_activation_run_as_one_integer_chain(
     executed = ov.executed()
     assert executed.get("Convolution:u8") == 2
     assert executed.get("FakeQuantize:f32") == 2
+
+
+class ResidualNet(torch.nn.Module):
+    """stem -> two residual blocks -> head: each block's input feeds its first conv and its add."""
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(8, 16, 1)
+            self.c2 = torch.nn.Conv2d(16, 8, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.bn(self.c2(torch.relu(self.c1(x))))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.block1, self.block2 = self.Block(), self.Block()
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.block1(self.relu(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_residual_add_reads_the_same_int8_codes_as_the_layer_beside_it(tmp_path):
+    """block1's output feeds block2.c1 and block2's add: quantized once where block1 ends, so
+    ONNX Runtime runs block1's add as QLinearAdd (block2's stays float: a float mean reads it)
+    and the export still matches the student."""
+    torch.manual_seed(0)
+    net, example = ResidualNet().eval(), torch.rand(2, 1, 8, 8)
+    plan = resolve_plan(load_recipe("w8a8"), [load_target("x86-cpu")], net, example)
+    assert plan.layer("block2.c1").skip_from == "block1"
+    assert plan.layer("block1.c1").skip_from == "relu"
+    student = prepare_qat(fold_batchnorm(net, example), plan)
+    x = torch.rand(64, 1, 8, 8)
+    student.train()(x)
+    student.eval()
+    path = tmp_path / "student.onnx"
+    onnx.save(student_onnx(student, example), path)
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearAdd") == 1 and ops.count("Add") == 1
+    got = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = student(x).numpy()
+    np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())

@@ -104,6 +104,7 @@ def quantize_activations(
     model: onnx.ModelProto,
     inputs: dict[str, tuple[float, int, bool]],
     outputs: dict[str, tuple[float, int, bool]] | None = None,
+    shared: set[str] = frozenset(),
 ) -> onnx.ModelProto:
     """Insert QuantizeLinear -> DequantizeLinear (per-tensor ``(scale, zero point, signed)``:
     int8 codes where signed, else uint8) in front of each named node's activation input (input
@@ -111,7 +112,11 @@ def quantize_activations(
     MatMul), for all its consumers.
 
     Inputs per consumer, as in training: layers sharing an input keep their own scales, and other
-    consumers of the tensor (a residual add, a graph output) still see the float value.
+    consumers of the tensor (a residual add, a graph output) still see the float value; except
+    for nodes in ``shared``, whose input is quantized for every consumer of the tensor, as the
+    student quantizes it where the block producing it ends. A zero Pad the layer applies itself
+    (static 'same' padding) comes after the Q -> DQ, as in the student: zero is a code, so the
+    values are the same, and OpenVINO keeps the activation before it in integers.
     """
     irm = ir.from_proto(model)
     graph = irm.graph
@@ -139,27 +144,44 @@ def quantize_activations(
                     graph, f"{name}_{where}_zero_point", np.array(zero_point, dtype=dtype)
                 ),
             ]
-            value = node.inputs[0] if where == "input" else _result(node)
-            users = list(value.uses())  # before the Q below becomes one
-            quantize = ir.node(
-                "QuantizeLinear", [value, *qparams], name=f"{name}_{where}_QuantizeLinear"
-            )
-            quantize.outputs[0].name = f"{name}_{where}_quantized"
-            dequantize = ir.node(
-                "DequantizeLinear",
-                [quantize.outputs[0], *qparams],
-                name=f"{name}_{where}_DequantizeLinear",
-            )
-            dequantize.outputs[0].name = f"{name}_{where}_dequantized"
-            if where == "input":
-                node.replace_input_with(0, dequantize.outputs[0])
-            else:
-                for user, index in users:
-                    user.replace_input_with(index, dequantize.outputs[0])
-            new_nodes += [quantize, dequantize]
+            prefix = f"{name}_{where}"
+            if where == "output":
+                new_nodes += _qdq(_result(node), list(_result(node).uses()), qparams, prefix)
+                continue
+            pad = _zero_pad(node.inputs[0])
+            reader = pad or node  # the Q before a zero Pad: runtimes fuse the Pad into the conv
+            value = reader.inputs[0]
+            users = list(value.uses()) if name in shared else [(reader, 0)]
+            new_nodes += _qdq(value, users, qparams, prefix)
     graph.extend(new_nodes)
     graph.sort()
     return _to_proto(irm)
+
+
+def _qdq(value: ir.Value, users: list, qparams: list, prefix: str) -> list[ir.Node]:
+    """Q -> DQ on ``value``, read by ``users`` ((node, input index) pairs) instead of it."""
+    quantize = ir.node("QuantizeLinear", [value, *qparams], name=f"{prefix}_QuantizeLinear")
+    quantize.outputs[0].name = f"{prefix}_quantized"
+    dequantize = ir.node(
+        "DequantizeLinear", [quantize.outputs[0], *qparams], name=f"{prefix}_DequantizeLinear"
+    )
+    dequantize.outputs[0].name = f"{prefix}_dequantized"
+    for user, index in users:
+        user.replace_input_with(index, dequantize.outputs[0])
+    return [quantize, dequantize]
+
+
+def _zero_pad(value: ir.Value) -> ir.Node | None:
+    """The Pad producing ``value`` when it pads with zeros and only the layer reads it."""
+    pad = value.producer()
+    if pad is None or pad.op_type != "Pad" or len(value.uses()) != 1:
+        return None
+    mode = pad.attributes.get("mode")
+    constant = pad.inputs[2] if len(pad.inputs) > 2 else None
+    zero = constant is None or (
+        constant.const_value is not None and not constant.const_value.numpy().any()
+    )
+    return pad if (mode is None or mode.as_string() == "constant") and zero else None
 
 
 def _result(node: ir.Node) -> ir.Value:

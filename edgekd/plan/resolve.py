@@ -42,6 +42,13 @@ class LayerPlan:
     # the layer whose output alone this one reads, through activations only: when both are int8,
     # this layer's input Q is the only one between them, so runtimes keep the chain in integers
     input_from: str | None = None
+    # the layer whose output this one reads as it is, beside other readers (a residual add): the
+    # two share one int8 quantizer, so the tensor is quantized once for all of them
+    shares_quant_with: str | None = None
+    # the module (a block) whose output this layer reads beside a residual add and nothing else:
+    # its int8 input quantizer is applied there, so the add reads the same codes and runtimes
+    # fuse it into integer kernels (QLinearAdd; OpenVINO's u8 convolution with a sum)
+    skip_from: str | None = None
     runs_as: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> how it executes
     kernels: dict[str, str] = field(default_factory=dict)  # "target/runtime" -> int8, int4, float
     notes: list[str] = field(default_factory=list)
@@ -146,6 +153,8 @@ class Traced:
     ranks: dict[str, int]  # each layer's input rank
     clamps: dict[str, list[float | None]]  # layers whose every consumer is one clamping activation
     fed_by: dict[str, str]  # layer -> the layer whose output alone it reads (past BN, clamps)
+    skip_from: dict[str, str]  # layer -> the module whose output it shares with a residual add
+    reads_output: dict[str, str]  # layer -> the layer whose output it reads among other readers
 
 
 def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
@@ -153,16 +162,22 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
     (their channels are the output's, so they cannot be pruned), each layer's input rank (a
     Linear on 3-D input exports as MatMul, not Gemm), and the clamping activation (ReLU, ReLU6,
     hardtanh, clamp) each layer's output goes through, past a BatchNorm that folding removes;
-    and which layer reads that output as its sole consumer.
+    which layer reads that output as its sole consumer; and which layers share their input
+    with a residual add and nothing else (and the module, not a layer, that produced it).
 
     Both come from the autograd graph and who consumes each node's output: an output layer has
     a path to the model's output through non-layer ops only (mean, flatten, add, BatchNorm, ...).
     """
     made_by: dict[object, str] = {}  # the autograd node that produced each layer's output
     reads: dict[object, str] = {}  # the autograd node that produced each layer's input
+    produced: dict[object, str] = {}  # ... and each other module's output (the innermost's)
     ranks: dict[str, int] = {}
 
-    def hook(_module, inputs, out, name):
+    def hook(module, inputs, out, name):
+        if not isinstance(module, COMPRESSIBLE):
+            if isinstance(out, torch.Tensor):
+                produced.setdefault(out.grad_fn, name)
+            return
         made_by[out.grad_fn] = name  # taken before any in-place op replaces the tensor's grad_fn
         reads.setdefault(inputs[0].grad_fn, name)
         ranks[name] = inputs[0].dim()
@@ -170,7 +185,7 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
     hooks = [
         m.register_forward_hook(lambda mod, i, o, name=name: hook(mod, i, o, name))
         for name, m in model.named_modules()
-        if isinstance(m, COMPRESSIBLE)
+        if name  # the model itself: its output feeds no layer
     ]
     try:
         with torch.enable_grad():
@@ -190,11 +205,13 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
             users.setdefault(next_fn, []).append(fn)
             todo.append(next_fn)
     outputs = {made_by[fn] for fn in made_by if _reaches_output(fn, users, made_by)}
-    clamps, fed_by = {}, {}
+    clamps, fed_by, reads_output = {}, {}, {}
     for fn, name in made_by.items():
         after = users.get(fn, [])
         while len(after) == 1 and "BatchNorm" in type(after[0]).__name__:
             fn, after = after[0], users.get(after[0], [])
+        if len(after) > 1 and fn in reads:
+            reads_output[reads[fn]] = name
         bounds = {_clamp_bounds(user) for user in after}
         if len(bounds) == 1 and None not in bounds:
             clamps[name] = list(bounds.pop())
@@ -202,7 +219,22 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
             fn, after = after[0], users.get(after[0], [])
         if len(after) == 1 and fn in reads:  # one consumer, and it is a layer's input
             fed_by[reads[fn]] = name
-    return Traced(outputs, ranks, clamps, fed_by)
+    skip_from = {
+        reads[fn]: module
+        for fn, module in produced.items()
+        if fn in reads
+        and not _from_layer(fn, made_by)  # a layer's int8 output is quantized for all readers
+        and len(users.get(fn, [])) == 2  # the layer, and ...
+        and sum(type(u).__name__.startswith("AddBackward") for u in users[fn]) == 1  # an add
+    }
+    return Traced(outputs, ranks, clamps, fed_by, skip_from, reads_output)
+
+
+def _from_layer(fn, made_by: dict) -> bool:
+    """Whether ``fn`` is a layer's output, or that through a BatchNorm folding removes."""
+    if "BatchNorm" in type(fn).__name__:
+        fn = fn.next_functions[0][0]
+    return fn in made_by
 
 
 def _reaches_output(fn, users: dict, made_by: dict) -> bool:
@@ -289,6 +321,8 @@ def resolve_plan(
             feeds_output=name in outputs,
             output_clamp=traced.clamps.get(name),
             input_from=traced.fed_by.get(name),
+            skip_from=traced.skip_from.get(name),
+            shares_quant_with=traced.reads_output.get(name),
             notes=notes,
         )
         if recipe.plan.search:

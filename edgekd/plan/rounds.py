@@ -87,18 +87,19 @@ def next_budget(history: list[dict[str, Any]], max_drop: float) -> float | None:
     return budget * min(MAX_WIDEN, max_drop / max(drop, max_drop / MAX_WIDEN))
 
 
-def restore_best(ctx: Context) -> bool:
-    """After a last round that missed: put back the widest kept round that met the budget."""
+def restore_best(ctx: Context, why: str) -> bool:
+    """After a last round that missed the budget or failed (``why``): put back the widest kept
+    round that met it."""
     kept = [r for r in history(ctx) if r["passed"]]
     if not kept:
         return False
     best = max(kept, key=lambda r: r["budget_pts"])
-    state = ctx.run.restore_round(str(best["round"]))
-    ctx.round, ctx.budget_pts = state["plan_round"], state["plan_budget_pts"]
     ctx.log(
         f"kept round {best['round'] + 1}'s student, which met the budget (measured drop "
-        f"{best['measured_drop_pts']:.2f} pts): the last round missed it"
+        f"{best['measured_drop_pts']:.2f} pts); round {ctx.round + 1}: {why}"
     )
+    state = ctx.run.restore_round(str(best["round"]))
+    ctx.round, ctx.budget_pts = state["plan_round"], state["plan_budget_pts"]
     return True
 
 

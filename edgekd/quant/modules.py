@@ -72,6 +72,18 @@ class ActQuant(nn.Module):
         return scale, int(min(255, max(0, round(-float(self.lo) / scale))))
 
 
+class QuantizeOutput:
+    """Forward hook: a module's output through a layer's input quantizer, so every reader of it
+    (that layer and a residual add) sees the same int8 codes; the layer's own quantizer then
+    changes nothing (quantizing codes again at their scale gives them back)."""
+
+    def __init__(self, quant: ActQuant) -> None:
+        self.quant = quant
+
+    def __call__(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return self.quant(output)
+
+
 class QuantLayer:
     """Mixin: the layer's weight is fake-quantized on every forward; activations pass ActQuant."""
 
