@@ -89,7 +89,7 @@ def _teacher_table(name: str, args: argparse.Namespace, root: Path) -> Table:
     nncf_onnx, nncf_note = _nncf_int8(teacher_onnx, data.train.x, root / "nncf")
     if nncf_onnx:
         models["NNCF INT8 PTQ"] = nncf_onnx
-        rows["NNCF INT8 PTQ"] = {"status": nncf_note, "seconds": {}}
+        rows["NNCF INT8 PTQ"] = {"status": nncf_note, "seconds": ""}
     measured = _measure(teacher_onnx, models, data.test.x, reference, args, root / "artifacts")
     table = Table(
         "model", "status", "agreement (95% CI)", "size T/S", "runtime", "batch", "T/S p50",

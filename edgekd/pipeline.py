@@ -268,8 +268,9 @@ def _run_stage(
     ctx.log(f"✓ {name} ({seconds:.1f} s)")
 
 
-# 2: weight clipping; 3: int8 outputs; 4: outputs within the activation; 5: uint8, chained
-QUANT_FORMAT = 5
+# 2: weight clipping; 3: int8 outputs; 4: outputs within the activation; 5: uint8, chained;
+# 6: shared quantizers calibrated
+QUANT_FORMAT = 6
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -11,7 +11,7 @@ from conftest import decode_weight
 
 from edgekd.export.torch_onnx import student_onnx
 from edgekd.plan import resolve_plan
-from edgekd.quant import QuantLayer, fold_batchnorm, prepare_qat
+from edgekd.quant import ActQuant, QuantLayer, fold_batchnorm, prepare_qat
 from edgekd.recipe import load_recipe
 from edgekd.targets import load_target
 
@@ -141,3 +141,34 @@ def test_a_residual_add_reads_the_same_int8_codes_as_the_layer_beside_it(tmp_pat
     with torch.no_grad():
         want = student(x).numpy()
     np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
+
+
+class SharedOutput(torch.nn.Module):
+    """a's output feeds b and an add: b reads it as a wrote it, beside another reader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 1)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return self.head((y + self.b(y)).mean((2, 3)))
+
+
+def test_a_layer_reading_an_int8_output_beside_an_add_shares_its_quantizer_calibrated_once():
+    from edgekd.distill.train import calibrate
+
+    torch.manual_seed(0)
+    net, example = SharedOutput().eval(), torch.rand(2, 1, 8, 8)
+    plan = resolve_plan(load_recipe("w8a8"), [load_target("x86-cpu")], net, example)
+    assert plan.layer("b").shares_quant_with == "a"
+    student = prepare_qat(fold_batchnorm(net, example), plan)
+    assert student.b.act_quant is student.a.out_quant
+    calibrate(student, torch.rand(64, 1, 8, 8).numpy(), 16)
+    quantizers = [m for m in student.modules() if isinstance(m, ActQuant)]
+    assert quantizers and all(bool(q.initialized) and q.hi > q.lo for q in quantizers)
+    model = student_onnx(student, example)  # one Q -> DQ on a's output serves b and the add
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantize) == 4  # a's input and output, b's output, head's input: none for b's input

@@ -133,8 +133,10 @@ def distill(
 @torch.no_grad()
 def calibrate(student: nn.Module, x: np.ndarray, batch_size: int) -> None:
     """One pass over ``x`` with only the activation observers in training mode."""
-    for module in student.modules():
-        module.train(isinstance(module, ActQuant))
+    student.eval()
+    for module in student.modules():  # after eval(): a quantizer two layers share stays on
+        if isinstance(module, ActQuant):
+            module.train()
     for start in range(0, len(x), batch_size):
         student(torch.from_numpy(x[start : start + batch_size]))
     student.eval()
