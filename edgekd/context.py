@@ -39,8 +39,8 @@ class Context:
     stage: str = ""
     outputs: list[Path] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
-    round: int = 0  # the plan search's back-off round
-    budget_pts: float | None = None  # its damage budget after a back-off; None: the recipe's
+    round: int = 0  # the plan search's round (plan/rounds.py)
+    budget_pts: float | None = None  # its damage budget after round 1; None: the recipe's
     _plan: tuple[int, Plan] | None = field(default=None, repr=False)
 
     @property

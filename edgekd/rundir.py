@@ -118,6 +118,7 @@ class RunDir:
         """Copy these stages' outputs and records, and ``state`` (manifest keys), to
         ``rounds/<name>/``, so a later round that does worse cannot cost this one."""
         dest = self.path / "rounds" / name
+        shutil.rmtree(dest, ignore_errors=True)  # an earlier round of that name: replaced whole
         records = {s: self.manifest["stages"][s] for s in stages if s in self.manifest["stages"]}
         for rec in records.values():
             for rel in rec.get("outputs", {}):
@@ -128,12 +129,18 @@ class RunDir:
     def restore_round(self, name: str) -> dict[str, Any]:
         """Put a kept round's outputs and records back; return its ``state``."""
         src = self.path / "rounds" / name
-        kept = json.loads((src / "round.json").read_text(encoding="utf-8"))
-        for rec in kept["stages"].values():
-            for rel in rec.get("outputs", {}):
-                temp = self.path / f"{rel}.restoring"
-                shutil.copy2(src / rel, temp)
-                temp.replace(self.path / rel)  # whole files only, as every artifact
+        try:
+            kept = json.loads((src / "round.json").read_text(encoding="utf-8"))
+            for rec in kept["stages"].values():
+                for rel in rec.get("outputs", {}):
+                    temp = self.path / f"{rel}.restoring"
+                    temp.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src / rel, temp)
+                    temp.replace(self.path / rel)  # whole files only, as every artifact
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"kept round '{src}' is incomplete ({exc}); run 'edgekd compress' again"
+            ) from None
         self.manifest["stages"].update(kept["stages"])
         self.manifest.update(kept["state"])
         self.save()

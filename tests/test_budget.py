@@ -119,11 +119,12 @@ def test_verify_fails_an_export_only_when_its_agreement_interval_is_below_the_th
 def test_a_flip_within_the_exports_error_is_a_tie_unless_the_error_is_large_for_the_logits():
     from edgekd.evaluate import near_ties
 
-    reference = np.zeros((4, 5), np.float32)
+    reference = np.zeros((5, 5), np.float32)
     reference[:, 0] = 8.0  # logits spread over 8: errors up to 0.4 are small
-    reference[:, 1] = [7.9, 7.95, 6.0, 2.0]  # top-2 margins 0.1, 0.05, 2 and 6
+    reference[:, 1] = [7.9, 7.95, 7.7, 6.0, 2.0]  # top-2 margins 0.1, 0.05, 0.3, 2 and 6
     flips = np.array([0, 1, 2])
-    small = np.full((4, 5), 0.1, np.float32)
-    assert near_ties(small, reference, flips) == 2  # margins 0.1 and 0.05; 2 is no tie
-    broken = np.full((4, 5), 1.0, np.float32)  # 1/8 of the spread: not rounding
+    small = np.full((5, 5), 0.1, np.float32)
+    small[2] = 0.35  # the error on example 2 alone would excuse its flip; the typical one not
+    assert near_ties(small, reference, flips) == 2  # margins 0.1 and 0.05 <= 2 x 0.1
+    broken = np.full((5, 5), 1.0, np.float32)  # 1/8 of the spread: not rounding
     assert near_ties(broken, reference, flips) == 0

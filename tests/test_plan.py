@@ -125,3 +125,29 @@ def test_trace_finds_the_clamping_activation_and_the_sole_reader_after_each_laye
     assert traced.clamps == {"a": [0.0, 6.0], "c": [-1.0, 1.0]}
     assert traced.fed_by == {"b": "a"}  # c's input is an add; fc's is a mean
     assert traced.outputs == {"fc"}
+
+
+def test_a_block_input_shared_with_a_residual_add_is_hooked_where_a_module_returns_it_once():
+    import torch
+    from torch import nn
+
+    class Basic(nn.Module):  # torchvision's BasicBlock: one ReLU module, called twice
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.bn, self.relu = nn.BatchNorm2d(8), nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.bn(self.conv2(self.relu(self.conv1(x)))) + x)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.l1, self.l2 = nn.Conv2d(1, 8, 3, padding=1), Basic(), Basic()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.l2(self.l1(torch.relu(self.stem(x)))).mean((2, 3)))
+
+    traced = trace_layers(Net().eval(), torch.randn(2, 1, 8, 8))
+    assert traced.skip_from == {"l2.conv1": "l1"}  # not l1.relu, which also runs mid-block

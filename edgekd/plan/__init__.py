@@ -91,7 +91,7 @@ def searched(
 ) -> Plan:
     """The plan the search picks from ``space`` under ``cfg`` (the recipe's ``plan`` section),
     within ``budget`` points of predicted damage (default: ``max_accuracy_drop × recovery``,
-    halved per round)."""
+    halved per round; the rounds in ``rounds.py`` pass their own)."""
     kl = {(r["layer"], r["choice"]): r["kl"] for r in sensitivity["layers"]}
     rate = points_per_kl(sensitivity)
     costs = _latency_costs(table) if cfg.objective == "latency" else _size_costs(space)
@@ -151,11 +151,13 @@ def _latency_costs(table: dict):
         if r["choice"] == "float" and r["ms"] is not None:
             totals[key] = totals.get(key, 0.0) + r["ms"]
 
+    totals = {key: total for key, total in totals.items() if total > 0}  # not all below a call
+
     def cost(lp: LayerPlan, choice: dict) -> float | None:
         got = times.get((lp.name, choice_label(choice)), {})
-        if not totals or set(got) != set(totals):
+        if not totals or not set(totals) <= set(got):
             return None
-        return sum(ms / totals[key] for key, ms in got.items()) / len(totals)
+        return sum(got[key] / total for key, total in totals.items()) / len(totals)
 
     return cost
 

@@ -170,13 +170,16 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
     """
     made_by: dict[object, str] = {}  # the autograd node that produced each layer's output
     reads: dict[object, str] = {}  # the autograd node that produced each layer's input
-    produced: dict[object, str] = {}  # ... and each other module's output (the innermost's)
+    produced: dict[object, list[str]] = {}  # ... and each other module's output, innermost first
     ranks: dict[str, int] = {}
 
+    calls: dict[str, int] = {}
+
     def hook(module, inputs, out, name):
+        calls[name] = calls.get(name, 0) + 1
         if not isinstance(module, COMPRESSIBLE):
             if isinstance(out, torch.Tensor):
-                produced.setdefault(out.grad_fn, name)
+                produced.setdefault(out.grad_fn, []).append(name)  # innermost first
             return
         made_by[out.grad_fn] = name  # taken before any in-place op replaces the tensor's grad_fn
         reads.setdefault(inputs[0].grad_fn, name)
@@ -219,10 +222,14 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
             fn, after = after[0], users.get(after[0], [])
         if len(after) == 1 and fn in reads:  # one consumer, and it is a layer's input
             fed_by[reads[fn]] = name
+    # the innermost module that returns the tensor and runs once: a ReLU a block calls twice is
+    # no place for a hook (its other call is elsewhere), the block that returns it is
+    once = {fn: next((n for n in names if calls[n] == 1), None) for fn, names in produced.items()}
     skip_from = {
         reads[fn]: module
-        for fn, module in produced.items()
-        if fn in reads
+        for fn, module in once.items()
+        if module
+        and fn in reads
         and not _from_layer(fn, made_by)  # a layer's int8 output is quantized for all readers
         and len(users.get(fn, [])) == 2  # the layer, and ...
         and sum(type(u).__name__.startswith("AddBackward") for u in users[fn]) == 1  # an add

@@ -2,13 +2,13 @@
 
 The search predicts each choice's damage before training, and that prediction is a poor guide
 to what distillation leaves: the demo CNN's plan was predicted to cost 7.7 points and cost 0.4;
-EfficientNet-Lite0's was predicted 1.2 and cost 13. So after each round the gate's measured drop
-sets the next round's budget: a student that misses the accuracy budget narrows it (scaled by
-predicted/measured, at most half), one with room to spare (or one that is accurate but too slow)
-widens it (scaled by budget/measured, at most 4x), and once a budget has met and another missed,
-the next round takes the middle (bisection). Every round that meets the whole budget is kept in
-``rounds/<n>/``; when rounds run out on a miss, the run ends on the widest round that met it, so a
-bolder round never costs the user a student that was good enough.
+EfficientNet-Lite0's was predicted 1.3 and cost 10-20. So after each round the gate's measured
+drop sets the next round's budget: a student that misses the accuracy budget narrows it (to at
+most half, less where the prediction was optimistic), one with room to spare (or one that is
+accurate but too slow) widens it (by budget/measured, at most 4x), and once a budget has met and
+another missed, the next round takes the middle (bisection). Every round that meets the whole
+budget is kept in ``rounds/<n>-<settings>/``; when rounds run out on a miss, the run ends on the
+widest round that met it, so a bolder round never costs the user a student that was good enough.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def next_round(ctx: Context, fingerprint) -> bool:
         }
     )
     if verdict["passed"]:
-        ctx.run.keep_round(str(ctx.round), ROUND_STAGES, _state(ctx))
+        ctx.run.keep_round(_kept_name(ctx.round, ctx), ROUND_STAGES, _state(ctx))
     budget = next_budget(history(ctx), cfg.max_accuracy_drop)
     if budget is None or ctx.round + 1 >= cfg.max_rounds or not _changes_plan(ctx, budget):
         ctx.run.save()
@@ -98,7 +98,7 @@ def restore_best(ctx: Context, why: str) -> bool:
         f"kept round {best['round'] + 1}'s student, which met the budget (measured drop "
         f"{best['measured_drop_pts']:.2f} pts); round {ctx.round + 1}: {why}"
     )
-    state = ctx.run.restore_round(str(best["round"]))
+    state = ctx.run.restore_round(_kept_name(best["round"], ctx))
     ctx.round, ctx.budget_pts = state["plan_round"], state["plan_budget_pts"]
     return True
 
@@ -113,6 +113,11 @@ def _settings(ctx: Context) -> str:
 def history(ctx: Context) -> list[dict[str, Any]]:
     """The rounds measured so far under this run's settings."""
     return [r for r in ctx.run.manifest.get("plan_rounds", []) if r["settings"] == _settings(ctx)]
+
+
+def _kept_name(round_: int, ctx: Context) -> str:
+    """Kept rounds are named by settings too: a round run under others never stands in."""
+    return f"{round_}-{_settings(ctx)}"
 
 
 def _state(ctx: Context) -> dict[str, Any]:

@@ -5,7 +5,7 @@ Greedy on the exchange rate, not a knapsack solver: every layer starts as the te
 that saves the most cost per point of predicted damage, free savings first, while the summed
 damage stays within the budget. This is the classic greedy for the multiple-choice knapsack
 (it walks each layer's cost/damage hull). An exact solver would buy nothing: the damages are
-measured one layer at a time and only approximately additive, which the gate's back-off corrects,
+measured one layer at a time and only approximately additive, which the measured rounds correct,
 and the greedy order is what the report can explain ("this layer first: most time per point").
 """
 

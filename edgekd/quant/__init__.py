@@ -53,9 +53,10 @@ def prepare_qat(model: nn.Module, plan: Plan) -> nn.Module:
             writer.out_quant = None
         source = lp.shares_quant_with and modules.get(lp.shares_quant_with)
         if _int8_pair(reader, source):
-            reader.act_quant = source.out_quant
+            reader.act_quant, reader.input_quantized = source.out_quant, True
         if lp.skip_from and isinstance(reader, QuantLayer) and reader.act_quant is not None:
             modules[lp.skip_from].register_forward_hook(QuantizeOutput(reader.act_quant))
+            reader.input_quantized = True
     return model
 
 

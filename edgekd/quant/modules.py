@@ -74,8 +74,8 @@ class ActQuant(nn.Module):
 
 class QuantizeOutput:
     """Forward hook: a module's output through a layer's input quantizer, so every reader of it
-    (that layer and a residual add) sees the same int8 codes; the layer's own quantizer then
-    changes nothing (quantizing codes again at their scale gives them back)."""
+    (that layer and a residual add) sees the same 8-bit codes; the layer then skips its own
+    (``input_quantized``)."""
 
     def __init__(self, quant: ActQuant) -> None:
         self.quant = quant
@@ -92,6 +92,9 @@ class QuantLayer:
     weight_clip: torch.Tensor  # per group: fraction of the min/max range kept (a buffer)
     act_quant: ActQuant | None
     out_quant: ActQuant | None  # int8 output: integer kernels (QLinearConv) need a Q after them
+    # act_quant already ran where the input was made (a shared writer's output, a block's hook):
+    # running it again would change no value but step its range observer a second time
+    input_quantized: bool
     plain_class: type  # the float layer class this twin was made from
 
     def quantized_weight(self) -> torch.Tensor:
@@ -101,7 +104,9 @@ class QuantLayer:
         return quantize_weight(self.weight, self.weight_format, self.weight_clip)
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.act_quant is None else self.act_quant(x)
+        if self.act_quant is None or self.input_quantized:
+            return x
+        return self.act_quant(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.quantized_weight()
@@ -138,4 +143,5 @@ def make_quant(
     module.weight_format = fmt
     module.register_buffer("weight_clip", search_clip(module.weight.detach(), fmt))
     module.act_quant = ActQuant(symmetric_activations) if activations else None
+    module.input_quantized = False
     module.out_quant = ActQuant(symmetric_activations, clamp=output_clamp) if output else None
