@@ -95,3 +95,18 @@ def test_an_auto_learning_rate_is_the_probed_rate_that_stays_closest_to_the_teac
     assert result["lr"] == min(probe, key=probe.get)
     assert any(line.startswith("  learning rate:") for line in lines)
     assert 1 <= result["epochs_run"] <= 2 and result["history"][0]["epoch"] == 0
+
+
+def test_a_student_no_rate_brings_closer_to_the_teacher_is_kept_untrained(tiny, example):
+    from edgekd.data import load_data
+    from edgekd.distill.train import distill
+
+    student = copy.deepcopy(tiny)  # the teacher itself: KL 0, every step can only move away
+    lines: list[str] = []
+    cfg = load_recipe("default", ["distill.epochs=3", "distill.lr=auto"]).distill
+    result = distill(student, tiny, load_data("digits"), cfg, log=lines.append)
+    assert result["epochs_run"] == 0 and result["best_epoch"] == 0
+    assert all(kl >= result["history"][0]["val_kl"] for kl in result["lr_probe"].values())
+    assert any("kept untrained" in line for line in lines)
+    for got, want in zip(student.parameters(), tiny.parameters(), strict=True):
+        assert torch.equal(got, want)

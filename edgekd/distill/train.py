@@ -37,7 +37,8 @@ def distill(
     Epoch 0 is the quantized student before any training, its activation ranges calibrated on
     the training data (post-training quantization): a candidate like every epoch, so
     distillation can only keep or improve on it. Training stops after ``cfg.patience`` epochs
-    without a better score."""
+    without a better score, and does not start when every probed rate (``lr: auto``) left the
+    student further from the teacher than it began."""
     torch.manual_seed(cfg.seed)
     x = torch.from_numpy(data.train.x)
     y = None if data.train.y is None else torch.from_numpy(data.train.y)
@@ -96,8 +97,15 @@ def distill(
     best_epoch = 0
     history = [{"epoch": 0, "loss": None, "val_accuracy": val[0], "val_kl": -val[1]}]
     log(f"  epoch   0/{cfg.epochs}  calibrated, before training  val {val[0]:.1%}")
-    with progress("distill", cfg.epochs * steps_per_epoch) as advance:
-        for epoch in range(1, cfg.epochs + 1):
+    epochs = cfg.epochs
+    if probed and min(probed.values()) >= -val[1]:  # EfficientNet-Lite0 on 140 photos: 10x
+        epochs = 0
+        log(
+            f"  every rate moved the student away from the teacher (KL {-val[1]:.4f} before "
+            "training): the calibrated student is kept untrained; set distill.lr to train anyway"
+        )
+    with progress("distill", epochs * steps_per_epoch) as advance:
+        for epoch in range(1, epochs + 1):
             student.train()
             batches = torch.randperm(len(x), generator=gen).split(cfg.batch_size)
             losses = train_steps(
@@ -108,7 +116,7 @@ def distill(
                             "val_accuracy": val[0], "val_kl": -val[1]})  # fmt: skip
             if val >= best[0]:
                 best, best_epoch = (val, copy.deepcopy(student.state_dict())), epoch
-            stopped = epoch < cfg.epochs and epoch - best_epoch >= cfg.patience
+            stopped = epoch < epochs and epoch - best_epoch >= cfg.patience
             if epoch == 1 or epoch % 5 == 0 or epoch == cfg.epochs or stopped:
                 log(
                     f"  epoch {epoch:>3}/{cfg.epochs}  loss {np.mean(losses):.4f}  val {val[0]:.1%}"
