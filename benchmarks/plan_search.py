@@ -61,7 +61,10 @@ def main() -> None:
     root = args.out or Path(tempfile.mkdtemp(prefix="edgekd-plan-search-"))
     console = Console(width=None if sys.stdout.isatty() else 200)
     for name in args.teachers:
-        console.print(_teacher_table(name, args, root / name))
+        try:
+            console.print(_teacher_table(name, args, root / name))
+        except EdgeKDError as exc:  # e.g. Lite0's packages not installed: say so in one line
+            raise SystemExit(f"{name}: {exc.message} (see benchmarks/real_teachers.py)") from None
     console.print(f"{_machine()}; runs in {root}")
 
 
