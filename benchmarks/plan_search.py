@@ -130,9 +130,11 @@ def _run_facts(run: Path, status: str, seconds: float) -> dict:
         for p in report.get("latency_prediction", [])
         if p.get("planned_over_float")
     }
-    stages = json.loads((run / "manifest.json").read_text())["stages"]
-    slow = {k: v.get("seconds", 0) for k, v in stages.items() if v.get("seconds", 0) >= 1}
-    rounds = len(json.loads((run / "manifest.json").read_text()).get("plan_rounds", [])) or 1
+    manifest = json.loads((run / "manifest.json").read_text())
+    slow = {
+        k: v.get("seconds", 0) for k, v in manifest["stages"].items() if v.get("seconds", 0) >= 1
+    }
+    rounds = len(manifest.get("plan_rounds", [])) or 1
     facts["seconds"] = (
         f"{seconds:.0f} s ({rounds} round{'s' * (rounds > 1)}; "
         + ", ".join(f"{k} {v:.0f}" for k, v in slow.items())

@@ -69,10 +69,13 @@ def test_report_files_exist_with_required_fields(demo_run):
         for b in (1, 32)
         for m in ("teacher", "student")
     }
+    # the search may keep a student that is only pruned: then it is fp32 too
+    quantized = any(lp["weight_bits"] for lp in report["plan"]["layers"])
     for r in ok:
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and r["throughput_ips"] > 0
-        assert r["agreement"] >= 0.99 and (r["precision"] == "fp32") == (r["model"] == "teacher")
+        float_model = r["model"] == "teacher" or not quantized
+        assert r["agreement"] >= 0.99 and (r["precision"] == "fp32") == float_model
 
 
 def test_cli_prints_summary_table_and_report_path(demo_run):

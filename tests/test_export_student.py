@@ -87,8 +87,10 @@ def test_int8_layers_chained_through_an_activation_run_as_one_integer_chain(
 
     ov = get_runtime("openvino").open(path)
     executed = ov.executed()
-    assert executed.get("Convolution:u8") == 2
-    assert executed.get("FakeQuantize:f32") == 2
+    # counted whatever precision this CPU names them in (u8/i8 convs; FakeQuantize in f32 or bf16)
+    int8_convs = sum(n for k, n in executed.items() if k in ("Convolution:u8", "Convolution:i8"))
+    assert int8_convs == 2
+    assert sum(n for k, n in executed.items() if k.startswith("FakeQuantize:")) == 2
 
 
 class ResidualNet(torch.nn.Module):

@@ -48,15 +48,13 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     weights: dict[str, QuantizedTensor] = {}
     activations: dict[str, tuple[float, int, bool]] = {}
     outputs: dict[str, tuple[float, int, bool]] = {}
-    hooked = set()  # input quantizers a block's output hook applies for all readers
-    for module in plain.modules():  # the hooks leave the graph; their Q -> DQ is written below
+    for module in plain.modules():  # block output hooks leave the graph: their Q -> DQ is below
         for key, hook in list(module._forward_hooks.items()):
             if isinstance(hook, QuantizeOutput):
-                hooked.add(id(hook.quant))
                 del module._forward_hooks[key]
-    shared: list[str] = []  # the layers they belong to
     # an input quantizer that is another layer's output one: that layer's Q -> DQ serves both
     out_quants = {id(m.out_quant) for m in plain.modules() if getattr(m, "out_quant", None)}
+    shared: list[str] = []  # layers whose input was quantized where a block ends, for all readers
     for name, module in plain.named_modules():
         if not isinstance(module, QuantLayer):
             continue
@@ -64,7 +62,7 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
         weights[f"{name}.weight"] = _to_tensor(qw, module.weight_format)
         if module.act_quant is not None and id(module.act_quant) not in out_quants:
             activations[name] = (*module.act_quant.qparams(), module.act_quant.symmetric)
-            if id(module.act_quant) in hooked:
+            if module.input_quantized:
                 shared.append(name)
         if module.out_quant is not None:
             outputs[name] = (*module.out_quant.qparams(), module.out_quant.symmetric)

@@ -70,12 +70,12 @@ def next_round(ctx: Context, fingerprint) -> bool:
     return True
 
 
-def next_budget(history: list[dict[str, Any]], max_drop: float) -> float | None:
+def next_budget(measured: list[dict[str, Any]], max_drop: float) -> float | None:
     """The next round's damage budget from the rounds measured so far; None to stop here."""
-    last = history[-1]
+    last = measured[-1]
     budget, drop = last["budget_pts"], last["measured_drop_pts"]
-    met = [r["budget_pts"] for r in history if r["measured_drop_pts"] <= max_drop]
-    missed = [r["budget_pts"] for r in history if r["measured_drop_pts"] > max_drop]
+    met = [r["budget_pts"] for r in measured if r["measured_drop_pts"] <= max_drop]
+    missed = [r["budget_pts"] for r in measured if r["measured_drop_pts"] > max_drop]
     if drop > max_drop:  # narrow: bisect toward the widest budget that met, if one did
         if met:
             return (max(met) + budget) / 2
