@@ -174,3 +174,53 @@ def test_a_layer_reading_an_int8_output_beside_an_add_shares_its_quantizer_calib
     model = student_onnx(student, example)  # one Q -> DQ on a's output serves b and the add
     quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert len(quantize) == 4  # a's input and output, b's output, head's input: none for b's input
+
+
+def test_a_dead_channel_keeps_the_int32_bias_runtimes_fuse_in_range(tiny, example):
+    """BatchNorm folding leaves channels whose weights are ~1e-9 of their layer's (EfficientNet-
+    Lite0 has dozens). A fused integer conv adds bias / (input scale x weight scale) as int32;
+    with a weight scale that small it overflows (ONNX Runtime's QLinearConv gave Lite0's stem
+    1.2 where the student has 0). The weight scale is floored, so it fits."""
+    with torch.no_grad():
+        tiny.features[1].weight[0] = 1e-12  # BatchNorm gamma: channel 0 is dead, its bias not
+        tiny.features[1].bias[0] = -2.0
+    plan = resolve_plan(load_recipe("w8a8"), [load_target("x86-cpu")], tiny, example)
+    student = prepare_qat(fold_batchnorm(tiny, example), plan)
+    torch.manual_seed(0)
+    student.train()(torch.rand(64, 1, 8, 8))
+    model = student_onnx(student.eval(), example)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    made_by = {n.output[0]: n for n in model.graph.node}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2
+    for conv in convs:
+        x_scale = inits[made_by[conv.input[0]].input[1]]
+        w_scale = inits[made_by[conv.input[1]].input[1]]
+        int32_bias = np.abs(inits[conv.input[2]]) / (x_scale * w_scale)
+        assert int32_bias.max() < 2**31 - 1
+
+
+def test_a_channels_last_example_exports_the_same_graph_as_a_contiguous_one():
+    """Stacked HWC images transposed to NCHW are channels-last in memory; the exporter must not
+    turn ``x.view(batch, -1)`` into a strided Gather (which OpenVINO's int8 passes get wrong)."""
+    from edgekd.export.torch_onnx import export_float
+
+    class Pooled(torch.nn.Module):  # EfficientNet-Lite's head
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.pool = torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1)
+            self.drop, self.fc = torch.nn.Dropout(0.2), torch.nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.drop(self.pool(self.conv(x)).view(x.size(0), -1)))
+
+    model = Pooled().eval()
+    example = torch.rand(2, 3, 16, 16)
+    strided = torch.from_numpy(
+        np.stack([a.transpose(2, 0, 1) for a in np.random.rand(2, 16, 16, 3)])
+    )
+    assert not strided.is_contiguous()
+    ops = [
+        [n.op_type for n in export_float(model, x.float()).graph.node] for x in (example, strided)
+    ]
+    assert ops[0] == ops[1]

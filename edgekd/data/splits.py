@@ -15,6 +15,9 @@ class Split:
     x: np.ndarray  # float32, (N, ...)
     y: np.ndarray | None  # int64 labels, or None: the teacher's outputs are the targets
 
+    def __post_init__(self) -> None:  # stacked HWC images are strided: keep one memory layout
+        object.__setattr__(self, "x", np.ascontiguousarray(self.x))
+
     def __len__(self) -> int:
         return len(self.x)
 
