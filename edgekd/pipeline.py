@@ -270,7 +270,7 @@ def _run_stage(
 
 # 2: weight clipping; 3: int8 outputs; 4: outputs within the activation; 5: uint8, chained;
 # 6: shared quantizers calibrated
-QUANT_FORMAT = 6
+QUANT_FORMAT = 7
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -10,6 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
+# Smallest scale, as a fraction of the weight's largest: BatchNorm folding leaves dead channels
+# (EfficientNet-Lite0 has dozens) with weights near 1e-9 of their layer's, and their bias over
+# input scale x such a weight scale overflows the int32 bias runtimes fuse (ONNX Runtime's
+# QLinearConv then outputs garbage there). Live channels here sit above 1e-3 of the largest.
+MIN_SCALE_RATIO = 2.0**-12
+
 
 @dataclass(frozen=True)
 class WeightFormat:
@@ -66,7 +72,8 @@ def quantize_weight(
         zero_point = torch.zeros_like(scale)
     else:
         scale = (hi - lo) / (qmax - qmin)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).float()
+    floor = scale.max() * MIN_SCALE_RATIO
+    scale = torch.where(floor > 0, scale.clamp(min=floor), torch.ones_like(scale)).float()
     if not fmt.symmetric:
         zero_point = torch.clamp(torch.round(-lo / scale), qmin, qmax)
     q = torch.clamp(torch.round(w.detach() / scale) + zero_point, qmin, qmax)
