@@ -215,7 +215,7 @@ def _fingerprints(recipe, targets, space, teacher, data) -> dict[str, str]:
     models = {"teacher": model_fingerprint(teacher), "data": data.fingerprint()}
     cpu = sorted(detect_cpu().features)  # it decides facts ("cpu: detect") and what runs here
     return {
-        "sensitivity": _fingerprint(models, candidates),
+        "sensitivity": _fingerprint(SENSITIVITY_FORMAT, models, candidates),
         # the layers are timed alone: not the bench's timing settings
         "latency": _fingerprint(
             models, candidates, recipe.bench.batches, recipe.bench.threads, targets, cpu
@@ -269,8 +269,9 @@ def _run_stage(
 
 
 # 2: weight clipping; 3: int8 outputs; 4: outputs within the activation; 5: uint8, chained;
-# 6: shared quantizers calibrated
+# 6: shared quantizers calibrated; 7: weight scales floored
 QUANT_FORMAT = 7
+SENSITIVITY_FORMAT = 2  # 2: the teacher's calibration logits saved beside the rows
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import edgekd
 
 from edgekd.plan import (
     choice_label,
     choice_of,
-    points_per_kl,
     predicted_latency,
     resolve_plan,
     searched,
 )
+from edgekd.plan.damage import DamageModel
 from edgekd.plan.rounds import next_budget
 from edgekd.plan.search import Option, greedy
 from edgekd.recipe import load_recipe
@@ -84,6 +85,9 @@ def _tables(space):
     return {"examples": 100, "layers": kl}, {"layers": rows}
 
 
+TOY_LOGITS = np.random.default_rng(0).standard_normal((100, 10)) * 6  # 100 inputs, 10 classes
+
+
 def test_search_spends_the_budget_on_the_cheapest_damage_and_protects_the_sensitive_layer(
     tiny, example
 ):
@@ -91,9 +95,9 @@ def test_search_spends_the_budget_on_the_cheapest_damage_and_protects_the_sensit
     recipe = load_recipe("auto", ["plan.max_accuracy_drop=1"])
     space = resolve_plan(recipe, [target], tiny, example)
     sensitivity, table = _tables(space)
-    plan = searched(
-        space, sensitivity, table, recipe.plan, [(target, rt) for rt in target.runtimes]
-    )
+    damage = DamageModel(TOY_LOGITS)
+    runtimes = [(target, rt) for rt in target.runtimes]
+    plan = searched(space, sensitivity, damage, table, recipe.plan, runtimes)
     chosen = {lp.name: choice_label(choice_of(lp)) for lp in plan.layers}
     assert chosen["features.0"].startswith("W8") or chosen["features.0"] == "float"
     assert chosen["features.3"].startswith("keep")
@@ -103,14 +107,24 @@ def test_search_spends_the_budget_on_the_cheapest_damage_and_protects_the_sensit
         predicted_latency(table["layers"], plan)["x86-cpu/onnxruntime b1"]["planned_over_float"]
         < 0.5
     )
-    rate = points_per_kl(sensitivity)
-    assert rate > 0
+    assert plan.search["predicted_drop_pts"] == damage.points(plan.search["predicted_kl"])
     # a back-off round halves the budget: never more damage than the round before
-    again = searched(
-        space, sensitivity, table, recipe.plan, [(target, rt) for rt in target.runtimes], 1
-    )
+    again = searched(space, sensitivity, damage, table, recipe.plan, runtimes, 1)
     assert again.search["budget_pts"] == plan.search["budget_pts"] / 2
     assert again.search["predicted_drop_pts"] <= plan.search["predicted_drop_pts"]
+
+
+def test_predicted_points_grow_with_kl_and_with_how_unsure_the_teacher_is():
+    """Many small errors add up in KL; the points they cost depend on the teacher's margins."""
+    unsure, sure = DamageModel(TOY_LOGITS / 6), DamageModel(TOY_LOGITS * 4)
+    kls = [0.0, 1e-4, 0.01, 0.1, 1.0, 10.0]
+    points = [unsure.points(k) for k in kls]
+    assert points[0] == 0 and points == sorted(points) and points[-1] > 50
+    assert sure.points(0.01) < unsure.points(0.01) / 5
+    for budget in (1.0, 5.0, 20.0):  # a points budget inverts to the largest KL within it
+        kl = unsure.kl_for(budget)
+        assert unsure.points(kl) <= budget < unsure.points(kl * 1.01)
+    assert unsure.kl_for(100) == float("inf")
 
 
 def test_the_plan_stage_writes_the_plan_every_later_stage_reads(demo_run):

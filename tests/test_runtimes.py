@@ -65,6 +65,21 @@ def test_built_artifact_matches_torch_at_batch_1_and_32(name, exported, tmp_path
 
 
 @pytest.mark.parametrize(
+    ("name", "read"),
+    [("onnxruntime", lambda out: out[0].numpy()), ("openvino", lambda out: np.asarray(out[0]))],
+)
+def test_a_bound_call_computes_what_run_computes_each_time(name, read, exported, tmp_path):
+    """What bench times: the input bound once, the outputs left in the runtime's own types."""
+    runtime = _usable(name)
+    _, onnx_path = exported
+    session = runtime.open(runtime.build(onnx_path, tmp_path / f"m{runtime.artifact_suffix}"))
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8), dtype=np.float32)
+    call = session.bound(x)
+    for _ in range(2):
+        np.testing.assert_array_equal(read(call()), session.run(x))
+
+
+@pytest.mark.parametrize(
     ("name", "conv"), [("onnxruntime", "Conv"), ("openvino", "Convolution:f32")]
 )
 def test_session_reports_the_kernels_it_really_runs(name, conv, exported, tmp_path):

@@ -57,7 +57,7 @@ def run(ctx: Context) -> Context:
                 stats = {}
                 if sessions:
                     x = _batch(ctx.data.test.x, batch)
-                    calls = {m: (lambda s=s, x=x: s.run(x)) for m, s in sessions.items()}
+                    calls = {m: s.bound(x) for m, s in sessions.items()}
                     stats = measure_interleaved(
                         calls, warmup=cfg.warmup, min_runs=cfg.min_runs, min_seconds=cfg.min_seconds
                     )

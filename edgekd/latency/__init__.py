@@ -38,7 +38,7 @@ from .layer_onnx import LayerShape, WeightChoice, call_onnx, layer_onnx, output_
 __all__ = ["LayerShape", "WeightChoice", "fastest", "kept", "layer_onnx", "layer_shapes", "run"]
 
 
-FORMAT = 4  # bump when layer_onnx or the timing changes (4: uint8 activations, call overhead)
+FORMAT = 5  # bump when layer_onnx or the timing changes (5: calls with the input bound once)
 
 
 def run(ctx: Context) -> Context:
@@ -232,7 +232,7 @@ def _timed(runtime, forms: dict[str, tuple[LayerShape, WeightChoice]], threads) 
                 np.random.default_rng(0).standard_normal(shape.input_shape).astype(np.float32)
             )
         stats = measure_interleaved(
-            {label: (lambda s=s, x=inputs[label]: s.run(x)) for label, s in sessions.items()},
+            {label: s.bound(inputs[label]) for label, s in sessions.items()},
             warmup=3,
             min_runs=10,
             min_seconds=0.05,

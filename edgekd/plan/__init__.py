@@ -6,9 +6,8 @@ the sensitivity and latency tables into an option per candidate (predicted damag
 cost in the objective's units) and picks one per layer with ``search.greedy``.
 
 Damage is the candidate's KL divergence from the teacher, summed over its parts (channels, 2:4,
-format) and turned into points of top-1 agreement by the rate the sensitivity rows themselves
-show (points lost per nat of KL, over every row measured), since agreement on a few calibration
-inputs moves in steps of whole inputs while KL does not. Latency cost is each layer's measured
+format) and over layers, and turned into points of top-1 agreement only for the whole plan, by
+``damage.DamageModel`` (KL adds up across layers; points do not). Latency cost is each layer's measured
 time as a fraction of the float layers' total, averaged over the runtimes and batch sizes timed.
 """
 
@@ -18,7 +17,10 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..atomic import write_json
+from .damage import DamageModel
 from .resolve import (
     CHOICE_FIELDS,
     COMPRESSIBLE,
@@ -42,7 +44,7 @@ if TYPE_CHECKING:  # context.py imports the plan types from here
 
 __all__ = [
     "CHOICE_FIELDS", "COMPRESSIBLE", "LayerPlan", "Plan", "Traced", "choice_label", "choice_of",
-    "format_label", "kept_shape", "part_labels", "points_per_kl", "predicted_latency",
+    "format_label", "kept_shape", "part_labels", "predicted_latency",
     "resolve_plan", "run", "search", "searched", "sparsity_ineligible", "trace_layers",
 ]  # fmt: skip
 
@@ -69,9 +71,12 @@ def run(ctx: Context) -> Context:
 
 def search(ctx: Context, budget: float | None) -> Plan:
     """The plan this run's measured tables give within ``budget`` points (None: the recipe's)."""
+    from ..sensitivity import LOGITS
+
     return searched(
         ctx.space,
         ctx.read_json("sensitivity", "sensitivity.json"),
+        DamageModel(np.load(ctx.path_of("sensitivity", LOGITS))),
         ctx.read_json("latency", "table.json"),
         ctx.recipe.plan,
         [(t, rt) for t in ctx.targets for rt in t.runtimes],
@@ -83,6 +88,7 @@ def search(ctx: Context, budget: float | None) -> Plan:
 def searched(
     space: Plan,
     sensitivity: dict,
+    damage: DamageModel,
     table: dict,
     cfg: Any,
     runtimes: list,
@@ -93,44 +99,35 @@ def searched(
     within ``budget`` points of predicted damage (default: ``max_accuracy_drop × recovery``,
     halved per round; the rounds in ``rounds.py`` pass their own)."""
     kl = {(r["layer"], r["choice"]): r["kl"] for r in sensitivity["layers"]}
-    rate = points_per_kl(sensitivity)
     costs = _latency_costs(table) if cfg.objective == "latency" else _size_costs(space)
     options = {}
     for lp in space.layers:
         options[lp.name] = [
-            Option(choice_label(c), rate * damage, cost)
+            Option(choice_label(c), summed, cost)
             for c in lp.candidates
-            if (damage := _damage(lp.name, c, kl)) is not None
+            if (summed := _damage(lp.name, c, kl)) is not None
             and (cost := costs(lp, c)) is not None
         ] or [Option(choice_label(lp.candidates[0]), 0.0, 0.0)]
     if budget is None:
         budget = cfg.max_accuracy_drop * cfg.recovery / 2**round_
-    picked, moves = greedy(options, budget)
+    picked, moves = greedy(options, damage.kl_for(budget))
     layers = []
     for lp in space.layers:
         choice = next(c for c in lp.candidates if choice_label(c) == picked[lp.name].label)
         chosen = with_choice(lp, choice, runtimes)
-        chosen.notes = [*lp.notes, f"predicted damage {picked[lp.name].damage:.2f} pts"]
+        alone = damage.points(picked[lp.name].damage)
+        chosen.notes = [*lp.notes, f"predicted damage {alone:.2f} pts alone"]
         layers.append(chosen)
     plan = Plan(layers, space.targets, space.adjustments, space.target_facts)
     plan.search = {
         "objective": cfg.objective,
         "round": round_,
         "budget_pts": budget,
-        "points_per_kl": rate,
-        "predicted_drop_pts": sum(o.damage for o in picked.values()),
+        "predicted_kl": sum(o.damage for o in picked.values()),
+        "predicted_drop_pts": damage.points(sum(o.damage for o in picked.values())),
         "moves": moves,  # timings stay in the latency table: re-timing alone changes no plan
     }
     return plan
-
-
-def points_per_kl(sensitivity: dict) -> float:
-    """Points of top-1 agreement lost per nat of KL, over every sensitivity row; one pseudo
-    flip in the numerator keeps it positive when no calibration input flipped."""
-    rows = sensitivity["layers"]
-    kl = sum(r["kl"] for r in rows)
-    lost = sum((1 - r["agreement"]) * 100 for r in rows) + 100 / max(sensitivity["examples"], 1)
-    return lost / kl if kl > 0 else 0.0
 
 
 def _damage(layer: str, choice: dict, kl: dict) -> float | None:

@@ -7,6 +7,7 @@ machines that lack some of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -28,6 +29,12 @@ LayerKernel = dict[str, str]  # {"kernel": what the runtime named it, "kind": "i
 class Session(Protocol):
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one float32 input; return the first output as a float32 array."""
+        ...
+
+    def bound(self, x: np.ndarray) -> Callable[[], object]:
+        """One inference on ``x``, bound once: the input already in the runtime's buffer, the
+        outputs left in its own and returned in its types. What bench and the latency table
+        time: a deployed loop's cost per call, without this process's copies and conversions."""
         ...
 
     def inference_precision(self) -> str:

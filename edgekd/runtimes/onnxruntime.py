@@ -101,6 +101,17 @@ class _OrtSession:
         feed = {self._input: np.ascontiguousarray(x, dtype=np.float32)}
         return np.asarray(self._session.run([self._output], feed)[0], dtype=np.float32)
 
+    def bound(self, x: np.ndarray):
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(self._input, np.ascontiguousarray(x, dtype=np.float32))
+        binding.bind_output(self._output)
+
+        def call():
+            self._session.run_with_iobinding(binding)
+            return binding.get_outputs()
+
+        return call
+
     @functools.cached_property
     def _graph(self):
         """The graph ORT runs, saved by a twin session with the same options."""

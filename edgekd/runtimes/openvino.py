@@ -94,6 +94,13 @@ class _OvSession:
         result = self._request.infer({0: x}, share_inputs=True)
         return np.asarray(result[0], dtype=np.float32)
 
+    def bound(self, x: np.ndarray):
+        import openvino as ov
+
+        request = self._compiled.create_infer_request()
+        request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x, dtype=np.float32)))
+        return request.infer
+
     @functools.cached_property
     def _runtime_model(self):
         """Kept alive: its nodes lose their edges once the model is freed."""

@@ -133,22 +133,36 @@ class _EngineSession:
         }
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        outputs = self._bind(x)
+        self._execute()
+        return outputs[0].float().cpu().numpy()
+
+    def bound(self, x: np.ndarray):
+        self._bind(x)
+        return self._execute
+
+    def _bind(self, x: np.ndarray) -> list:
+        """Copy ``x`` to the GPU and allocate the outputs there; returns them (kept alive)."""
         import torch
 
         host = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        device_x = host.to("cuda", self._dtypes[self._input])
-        self._context.set_input_shape(self._input, tuple(device_x.shape))
-        self._context.set_tensor_address(self._input, device_x.data_ptr())
-        outputs = []
+        self._device_x = host.to("cuda", self._dtypes[self._input])
+        self._context.set_input_shape(self._input, tuple(self._device_x.shape))
+        self._context.set_tensor_address(self._input, self._device_x.data_ptr())
+        self._device_outputs = []
         for name in self._outputs:
             shape = tuple(self._context.get_tensor_shape(name))
-            outputs.append(torch.empty(shape, dtype=self._dtypes[name], device="cuda"))
-            self._context.set_tensor_address(name, outputs[-1].data_ptr())
+            self._device_outputs.append(torch.empty(shape, dtype=self._dtypes[name], device="cuda"))
+            self._context.set_tensor_address(name, self._device_outputs[-1].data_ptr())
+        return self._device_outputs
+
+    def _execute(self) -> None:
+        import torch
+
         stream = torch.cuda.current_stream()
         if not self._context.execute_async_v3(stream.cuda_stream):
             raise StageError("TensorRT failed to execute the engine (see its log)")
         stream.synchronize()
-        return outputs[0].float().cpu().numpy()
 
     def inference_precision(self) -> str:
         return "fp16/fp32 per layer; fixed at engine build (Q/DQ layers int8/int4)"

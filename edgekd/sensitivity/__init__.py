@@ -3,8 +3,8 @@
 For every layer, each part of its candidate choices (channels removed at each keep ratio, the 2:4
 mask, each low-bit weight format with its input precision) is applied to the teacher, that layer
 only, and the result is compared with the teacher on calibration inputs (the validation split):
-top-1 agreement and KL divergence. The plan stage adds the parts up to predict each candidate's
-damage; the report shows them and the gate names the layers that hurt most when a student misses
+top-1 agreement and KL divergence. The plan stage adds the parts' KL up to predict each
+candidate's damage, and turns it into points with the teacher's logits saved here; the report shows them and the gate names the layers that hurt most when a student misses
 its accuracy budget.
 
 Channels are removed by the same Torch-Pruning call the prune stage makes; weights are quantized
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import write_json
+from ..atomic import atomic_path, write_json
 from ..context import Context
 from ..evaluate import predict, torch_fn
 from ..plan import CHOICE_FIELDS, LayerPlan, Plan, format_label
@@ -34,6 +34,7 @@ from ..quant.fake import search_clip
 CALIBRATION = 256  # inputs at most: enough to rank layers
 MIN_CALIBRATION = 16  # inputs at least, whatever the time
 SECONDS = 120.0  # the time the measurements should take; fewer inputs for large models
+LOGITS = "teacher_logits.npy"  # the teacher's on the calibration inputs measured
 
 
 def run(ctx: Context) -> Context:
@@ -57,6 +58,8 @@ def run(ctx: Context) -> Context:
             continue
         row = {"layer": lp.name, "choice": choice, **damage(predict(torch_fn(model), x), reference)}
         rows.append({**row, "note": coupled} if coupled else row)
+    with atomic_path(ctx.out(LOGITS)) as tmp, open(tmp, "wb") as f:
+        np.save(f, reference)  # the plan turns summed KL into points with them (plan/damage.py)
     write_json(
         ctx.out("sensitivity.json"),
         {
