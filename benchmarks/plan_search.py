@@ -184,7 +184,7 @@ def _measure(teacher_onnx, models, x, reference, args, tmp: Path) -> dict:
         for batch in args.batches:
             inputs = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])), np.float32)
             stats = measure_interleaved(
-                {model: (lambda s=s, x=inputs: s.run(x)) for model, s in sessions.items()},
+                {model: s.bound(inputs) for model, s in sessions.items()},
                 warmup=5, min_runs=30, min_seconds=args.seconds,
             )  # fmt: skip
             for model in models:
