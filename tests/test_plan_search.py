@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import edgekd
 
 from edgekd.plan import (
@@ -180,3 +181,50 @@ def test_the_next_round_budget_follows_the_measured_drop():
     assert next_budget(history, 1.0) == 17.5
     history.append(_round(17.5, 12, 0.3, True))
     assert next_budget(history, 1.0) == pytest.approx(21.25)
+
+
+class Chain(torch.nn.Module):
+    """a -> ReLU -> b -> ReLU -> c: b reads a's output alone and c reads b's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.b, self.c = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_float_layer_between_int8_layers_gets_int8_weights_where_onnxruntime_runs_it():
+    """ONNX Runtime quantizes a float conv between a DequantizeLinear and a QuantizeLinear itself
+    (per tensor); the plan gives it its W8A8 candidate instead, and leaves OpenVINO's plan as
+    searched."""
+    target = load_target("x86-cpu-vnni")
+    recipe = load_recipe("auto")
+    space = resolve_plan(recipe, [target], Chain().eval(), torch.rand(2, 1, 8, 8))
+    assert space.layer("b").input_from == "a" and space.layer("c").input_from == "b"
+    w8a8 = "W8 per-channel sym, A8"
+    sensitivity = {
+        "examples": 100,
+        "layers": [{"layer": lp.name, "choice": w8a8, "kl": 5.0 if lp.name == "b" else 0.0,
+                    "agreement": 1.0} for lp in space.layers],
+    }  # fmt: skip
+    table = {
+        "layers": [
+            {"target": target.name, "runtime": "onnxruntime", "batch": 1, "layer": lp.name,
+             "choice": choice_label(c), "ms": 0.5 if c["weight_bits"] else 1.0}
+            for lp in space.layers for c in lp.candidates
+        ]
+    }  # fmt: skip
+
+    def chosen(runtimes):
+        plan = searched(space, sensitivity, DamageModel(TOY_LOGITS), table, recipe.plan, runtimes)
+        return {lp.name: choice_label(choice_of(lp)) for lp in plan.layers}, plan.search["moves"]
+
+    with_ort, moves = chosen([(target, rt) for rt in target.runtimes])
+    assert with_ort["a"] == with_ort["b"] == with_ort["c"] == w8a8
+    assert any(m.startswith("b: float") and "int8 around it" in m for m in moves)
+    only_ov, _ = chosen([(target, rt) for rt in target.runtimes if rt.name == "openvino"])
+    assert only_ov["a"] == only_ov["c"] == w8a8 and only_ov["b"] == "float"
