@@ -218,7 +218,13 @@ def _fingerprints(recipe, targets, space, teacher, data) -> dict[str, str]:
         "sensitivity": _fingerprint(SENSITIVITY_FORMAT, models, candidates),
         # the layers are timed alone: not the bench's timing settings
         "latency": _fingerprint(
-            models, candidates, recipe.bench.batches, recipe.bench.threads, targets, cpu
+            latency.FORMAT,
+            models,
+            candidates,
+            recipe.bench.batches,
+            recipe.bench.threads,
+            targets,
+            cpu,
         ),
         "prune": _fingerprint(models),
         "distill": _fingerprint(QUANT_FORMAT, models, recipe.distill),

@@ -197,15 +197,26 @@ class Chain(torch.nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def test_a_float_layer_between_int8_layers_gets_int8_weights_where_onnxruntime_runs_it():
+@pytest.mark.parametrize(
+    "target_names",
+    [["x86-cpu-vnni"], ["x86-cpu-vnni", "x86-cpu-avx2"]],  # W8A8; W7A8
+)
+def test_a_float_layer_between_int8_layers_gets_int8_weights_where_onnxruntime_runs_it(
+    target_names,
+):
     """ONNX Runtime quantizes a float conv between a DequantizeLinear and a QuantizeLinear itself
-    (per tensor); the plan gives it its W8A8 candidate instead, and leaves OpenVINO's plan as
+    (per tensor); the plan gives it its int8 candidate instead, and leaves OpenVINO's plan as
     searched."""
-    target = load_target("x86-cpu-vnni")
+    targets = [load_target(name) for name in target_names]
+    target = targets[0]
     recipe = load_recipe("auto")
-    space = resolve_plan(recipe, [target], Chain().eval(), torch.rand(2, 1, 8, 8))
+    space = resolve_plan(recipe, targets, Chain().eval(), torch.rand(2, 1, 8, 8))
     assert space.layer("b").input_from == "a" and space.layer("c").input_from == "b"
-    w8a8 = "W8 per-channel sym, A8"
+    w8a8 = next(
+        choice_label(c)
+        for c in space.layer("b").candidates
+        if c["activation_bits"] and c["keep_ratio"] == 1
+    )
     sensitivity = {
         "examples": 100,
         "layers": [{"layer": lp.name, "choice": w8a8, "kl": 5.0 if lp.name == "b" else 0.0,

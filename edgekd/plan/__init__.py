@@ -2,7 +2,7 @@
 the report and ``inspect`` read.
 
 A fixed preset's plan is the recipe resolved for the targets. A search (``plan.search``) turns
-the sensitivity and latency tables into an option per candidate (predicted damage in points,
+the sensitivity and latency tables into an option per candidate (predicted damage as KL,
 cost in the objective's units) and picks one per layer with ``search.greedy``.
 
 Damage is the candidate's KL divergence from the teacher, summed over its parts (channels, 2:4,
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..atomic import write_json
+from ..errors import StageError
 from .damage import DamageModel
 from .resolve import (
     CHOICE_FIELDS,
@@ -73,10 +74,13 @@ def search(ctx: Context, budget: float | None) -> Plan:
     """The plan this run's measured tables give within ``budget`` points (None: the recipe's)."""
     from ..sensitivity import LOGITS
 
+    logits = ctx.path_of("sensitivity", LOGITS)
+    if not logits.exists():  # a run made before the damage model
+        raise StageError(f"{logits} is missing: re-run sensitivity (edgekd compress --resume)")
     return searched(
         ctx.space,
         ctx.read_json("sensitivity", "sensitivity.json"),
-        DamageModel(np.load(ctx.path_of("sensitivity", LOGITS))),
+        DamageModel(np.load(logits)),
         ctx.read_json("latency", "table.json"),
         ctx.recipe.plan,
         [(t, rt) for t in ctx.targets for rt in t.runtimes],
@@ -135,39 +139,40 @@ def searched(
 def _fill_int8_gaps(
     space: Plan, options: dict[str, list[Option]], picked: dict[str, Option], moves: list[str]
 ) -> None:
-    """Give a float layer between an int8 writer and an int8 reader its W8A8 candidate (same
-    channels). Its input is the writer's DequantizeLinear and its output the reader's
-    QuantizeLinear, and ONNX Runtime quantizes the float weights of a Conv/Gemm so placed itself
-    (WeightBiasQuantization, per tensor): on Lite0 that cost its exports 10% agreement with the
-    student. Per channel, trained, it is what ORT fuses anyway; only its weights add damage,
-    its input being quantized already."""
+    """Give a float layer between an int8 writer and an int8 reader its int8 candidate (same
+    channels and sparsity). Its input is the writer's DequantizeLinear and its output the
+    reader's QuantizeLinear, and ONNX Runtime quantizes the float weights of a Conv/Gemm so
+    placed itself (WeightBiasQuantization, per tensor): on Lite0 that cost its exports 10%
+    agreement with the student. Per channel, trained, it is what ORT fuses anyway. Applied after
+    the search, so its KL can take the plan past the budget (``predicted_drop_pts`` says so)."""
 
-    def candidate(lp: LayerPlan, label: str) -> dict:
-        return next(c for c in lp.candidates if choice_label(c) == label)
+    def candidate(name: str) -> dict:
+        lp = space.layer(name)
+        return next(c for c in lp.candidates if choice_label(c) == picked[name].label)
 
     def int8(name: str | None) -> bool:
-        lp = space.layer(name) if name in picked else None
-        return (
-            lp is not None and candidate(lp, picked[lp.name].label)["activation_bits"] is not None
-        )
+        return name in picked and candidate(name)["activation_bits"] is not None
 
     readers: dict[str, list[str]] = {}
     for lp in space.layers:
         if lp.input_from:
             readers.setdefault(lp.input_from, []).append(lp.name)
     changed = True
-    while changed:
+    while changed:  # each pass only turns layers int8: at most one pass per layer
         changed = False
         for lp in space.layers:
-            if int8(lp.name) or not int8(lp.input_from or lp.shares_quant_with):
+            if lp.name not in picked or candidate(lp.name)["weight_bits"] is not None:
+                continue
+            if not int8(lp.input_from or lp.shares_quant_with):
                 continue
             if not any(int8(r) for r in readers.get(lp.name, [])):
                 continue
-            keep = candidate(lp, picked[lp.name].label)["keep_ratio"]
+            now = candidate(lp.name)
             fill = next(
                 (o for o in options[lp.name]
-                 if (c := candidate(lp, o.label))["keep_ratio"] == keep
-                 and c["weight_bits"] == 8 and c["activation_bits"] is not None),
+                 if (c := next(c for c in lp.candidates if choice_label(c) == o.label))
+                 and (c["keep_ratio"], c["sparsity"]) == (now["keep_ratio"], now["sparsity"])
+                 and c["weight_bits"] is not None and c["activation_bits"] is not None),
                 None,
             )  # fmt: skip
             if fill is not None:

@@ -21,7 +21,9 @@ import math
 import numpy as np
 
 DRAWS = 16  # noise draws per calibration input
-MAX_CLASSES = 64  # the top logits kept per input: noise that lifts a lower one also lifts these
+MAX_CLASSES = (
+    64  # rivals kept per input: the top ones; further ones rarely overtake (small under-count)
+)
 
 
 class DamageModel:

@@ -2,11 +2,11 @@
 
 Greedy on the exchange rate, not a knapsack solver: every layer starts as the teacher's own
 (dense float, no damage); each step takes the switch of one layer to another of its candidates
-that saves the most cost per point of predicted damage, free savings first, while the summed
+that saves the most cost per unit of predicted damage (KL), free savings first, while the summed
 damage stays within the budget. This is the classic greedy for the multiple-choice knapsack
 (it walks each layer's cost/damage hull). An exact solver would buy nothing: the damages are
 measured one layer at a time and only approximately additive, which the measured rounds correct,
-and the greedy order is what the report can explain ("this layer first: most time per point").
+and the greedy order is what the report can explain ("this layer first: most time per damage").
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Option:
-    """One candidate of one layer: its predicted damage (points) and cost (objective units)."""
+    """One candidate of one layer: its predicted damage (KL) and cost (objective units)."""
 
     label: str
     damage: float
