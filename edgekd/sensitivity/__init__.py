@@ -40,7 +40,7 @@ LOGITS = "teacher_logits.npy"  # the teacher's on the calibration inputs measure
 def run(ctx: Context) -> Context:
     x = (ctx.data.val.x if len(ctx.data.val) else ctx.data.train.x)[:CALIBRATION]
     began = time.perf_counter()
-    reference = predict(torch_fn(ctx.teacher), x)
+    reference = calibration_logits = predict(torch_fn(ctx.teacher), x)
     per_input = (time.perf_counter() - began) / len(x)
     choices = [(lp, label, part) for lp in ctx.space.layers for label, part in _choices(lp)]
     n = int(min(len(x), max(MIN_CALIBRATION, SECONDS / (per_input * max(len(choices), 1)))))
@@ -59,7 +59,7 @@ def run(ctx: Context) -> Context:
         row = {"layer": lp.name, "choice": choice, **damage(predict(torch_fn(model), x), reference)}
         rows.append({**row, "note": coupled} if coupled else row)
     with atomic_path(ctx.out(LOGITS)) as tmp, open(tmp, "wb") as f:
-        np.save(f, reference)  # the plan turns summed KL into points with them (plan/damage.py)
+        np.save(f, calibration_logits)  # the plan turns summed KL into points (plan/damage.py)
     write_json(
         ctx.out("sensitivity.json"),
         {
