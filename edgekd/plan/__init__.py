@@ -7,8 +7,9 @@ cost in the objective's units) and picks one per layer with ``search.greedy``.
 
 Damage is the candidate's KL divergence from the teacher, summed over its parts (channels, 2:4,
 format) and over layers, and turned into points of top-1 agreement only for the whole plan, by
-``damage.DamageModel`` (KL adds up across layers; points do not). Latency cost is each layer's measured
-time as a fraction of the float layers' total, averaged over the runtimes and batch sizes timed.
+``damage.DamageModel`` (KL adds up across layers; points do not). Latency cost is each layer's
+measured time as a fraction of the float layers' total, averaged over the runtimes and batch
+sizes timed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..atomic import write_json
 from ..errors import StageError
-from .damage import DamageModel
+from .damage import LOGITS, DamageModel
 from .resolve import (
     CHOICE_FIELDS,
     COMPRESSIBLE,
@@ -72,8 +73,6 @@ def run(ctx: Context) -> Context:
 
 def search(ctx: Context, budget: float | None) -> Plan:
     """The plan this run's measured tables give within ``budget`` points (None: the recipe's)."""
-    from ..sensitivity import LOGITS
-
     logits = ctx.path_of("sensitivity", LOGITS)
     if not logits.exists():  # a run made before the damage model
         raise StageError(f"{logits} is missing: re-run sensitivity (edgekd compress --resume)")
@@ -119,8 +118,7 @@ def searched(
         _fill_int8_gaps(space, options, picked, moves)
     layers = []
     for lp in space.layers:
-        choice = next(c for c in lp.candidates if choice_label(c) == picked[lp.name].label)
-        chosen = with_choice(lp, choice, runtimes)
+        chosen = with_choice(lp, _candidate(lp, picked[lp.name].label), runtimes)
         alone = damage.points(picked[lp.name].damage)
         chosen.notes = [*lp.notes, f"predicted damage {alone:.2f} pts alone"]
         layers.append(chosen)
@@ -147,8 +145,7 @@ def _fill_int8_gaps(
     the search, so its KL can take the plan past the budget (``predicted_drop_pts`` says so)."""
 
     def candidate(name: str) -> dict:
-        lp = space.layer(name)
-        return next(c for c in lp.candidates if choice_label(c) == picked[name].label)
+        return _candidate(space.layer(name), picked[name].label)
 
     def int8(name: str | None) -> bool:
         return name in picked and candidate(name)["activation_bits"] is not None
@@ -170,7 +167,7 @@ def _fill_int8_gaps(
             now = candidate(lp.name)
             fill = next(
                 (o for o in options[lp.name]
-                 if (c := next(c for c in lp.candidates if choice_label(c) == o.label))
+                 if (c := _candidate(lp, o.label))
                  and (c["keep_ratio"], c["sparsity"]) == (now["keep_ratio"], now["sparsity"])
                  and c["weight_bits"] is not None and c["activation_bits"] is not None),
                 None,
@@ -178,6 +175,10 @@ def _fill_int8_gaps(
             if fill is not None:
                 moves.append(f"{lp.name}: {picked[lp.name].label} -> {fill.label} (int8 around it)")
                 picked[lp.name], changed = fill, True
+
+
+def _candidate(lp: LayerPlan, label: str) -> dict:
+    return next(c for c in lp.candidates if choice_label(c) == label)
 
 
 def _damage(layer: str, choice: dict, kl: dict) -> float | None:

@@ -3,14 +3,14 @@
 KL adds up across layers (small perturbations of the logits add in variance); points do not. A
 plan's damage is therefore its candidates' KL summed, and turned into points once, by the
 teacher's own logits on the calibration inputs: a perturbation of KL ``k`` is taken as logit
-noise of variance ``2k``, and an input flips when the noise overturns its top-1. (The
-second-order expansion says 2k / (1 - sum p^2) per input; on a sure input that is noise far past
-its margins, where the expansion no longer holds: a teacher with logits of spread 24 would lose
-46 points to KL 0.01. The plain form errs low on sure inputs instead, which the rounds correct.) So the
-points a KL costs are the flips that noise makes on the teacher's logits, counted over fixed
-draws. This is what a low-margin input set loses to many small errors at once (EfficientNet-
-Lite0 on photo crops: all-layer INT8, summed KL 0.046, lost 18-20 points; a linear points-per-KL
-rate fitted on pruning rows predicted 2), and a confident teacher loses nothing to the same KL.
+noise of variance ``2k``, and an input flips when the noise overturns its top-1. So the points a
+KL costs are the flips that noise makes on the teacher's logits, counted over fixed draws: what
+a low-margin input set loses to many small errors at once (EfficientNet-Lite0 on photo crops:
+all-layer INT8, summed KL 0.046, lost 18-20 points; a linear points-per-KL rate fitted on
+pruning rows predicted 2). The second-order expansion says ``2k / (1 - sum p^2)`` per input; on
+a sure input that is noise far past its margins, where the expansion no longer holds (a teacher
+with logits of spread 24 would lose 46 points to KL 0.01); the plain form errs low on sure
+inputs instead, which the measured rounds correct.
 
 The draws are fixed (common random numbers), so each input's flip is monotone in the noise
 scale and ``points`` is monotone in KL: a points budget inverts to a KL budget by bisection,
@@ -24,9 +24,8 @@ import math
 import numpy as np
 
 DRAWS = 16  # noise draws per calibration input
-MAX_CLASSES = (
-    64  # rivals kept per input: the top ones; further ones rarely overtake (small under-count)
-)
+MAX_CLASSES = 64  # rivals kept per input, the top ones: lower ones rarely overtake
+LOGITS = "teacher_logits.npy"  # written by the sensitivity stage: every calibration input
 
 
 class DamageModel:

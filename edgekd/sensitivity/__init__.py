@@ -4,8 +4,8 @@ For every layer, each part of its candidate choices (channels removed at each ke
 mask, each low-bit weight format with its input precision) is applied to the teacher, that layer
 only, and the result is compared with the teacher on calibration inputs (the validation split):
 top-1 agreement and KL divergence. The plan stage adds the parts' KL up to predict each
-candidate's damage, and turns it into points with the teacher's logits saved here; the report shows them and the gate names the layers that hurt most when a student misses
-its accuracy budget.
+candidate's damage, and turns it into points with the teacher's logits saved here; the report
+shows them and the gate names the layers that hurt most when a student misses its budget.
 
 Channels are removed by the same Torch-Pruning call the prune stage makes; weights are quantized
 after BatchNorm folding, as distillation trains them.
@@ -26,6 +26,7 @@ from ..atomic import atomic_path, write_json
 from ..context import Context
 from ..evaluate import predict, torch_fn
 from ..plan import CHOICE_FIELDS, LayerPlan, Plan, format_label
+from ..plan.damage import LOGITS
 from ..prune.sparsity import apply_2of4
 from ..prune.structured import prune_channels
 from ..quant import ActQuant, WeightFormat, fold_batchnorm, quantize_weight
@@ -34,7 +35,6 @@ from ..quant.fake import search_clip
 CALIBRATION = 256  # inputs at most: enough to rank layers
 MIN_CALIBRATION = 16  # inputs at least, whatever the time
 SECONDS = 120.0  # the time the measurements should take; fewer inputs for large models
-LOGITS = "teacher_logits.npy"  # the teacher's on the calibration inputs measured
 
 
 def run(ctx: Context) -> Context:
