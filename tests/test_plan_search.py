@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from conftest import edgekd
 
+from edgekd.models.demo import demo_teacher
 from edgekd.plan import (
+    Plan,
     choice_label,
     choice_of,
     predicted_latency,
@@ -19,6 +22,7 @@ from edgekd.plan import (
 from edgekd.plan.damage import DamageModel
 from edgekd.plan.rounds import next_budget
 from edgekd.plan.search import Option, greedy
+from edgekd.plan.whole import fastest, plan_graph
 from edgekd.recipe import load_recipe
 from edgekd.targets import load_target
 
@@ -239,3 +243,56 @@ def test_a_float_layer_between_int8_layers_gets_int8_weights_where_onnxruntime_r
     assert any(m.startswith("b: float") and "int8 around it" in m for m in moves)
     only_ov, _ = chosen([(target, rt) for rt in target.runtimes if rt.name == "openvino"])
     assert only_ov["a"] == only_ov["c"] == w8a8 and only_ov["b"] == "float"
+
+
+def test_each_precision_mode_searches_its_own_plan(tiny, example):
+    target = load_target("x86-cpu-vnni")
+    recipe = load_recipe("auto", ["plan.max_accuracy_drop=1"])
+    space = resolve_plan(recipe, [target], tiny, example)
+    sensitivity, table = _tables(space)
+    runtimes = [(target, rt) for rt in target.runtimes]
+
+    def plan(sensitivity, mode):
+        return searched(space, sensitivity, DamageModel(TOY_LOGITS), table, recipe.plan, runtimes,
+                        mode=mode)  # fmt: skip
+
+    def int8(plan):
+        return {lp.name for lp in plan.layers if lp.activation_bits}
+
+    can = {lp.name for lp in space.layers if any(c["activation_bits"] for c in lp.candidates)}
+    assert can and int8(plan(sensitivity, "int8")) == can
+    assert (
+        not int8(plan(sensitivity, "float"))
+        and plan(sensitivity, "float").search["mode"] == "float"
+    )
+    # int8 on every layer alone costs more than the budget: no int8 plan, and none mixed in
+    costly = [{**r, "kl": 50.0} if r["choice"].endswith("A8") else r for r in sensitivity["layers"]]
+    costly = {**sensitivity, "layers": costly}
+    assert plan(costly, "int8") is None and not int8(plan(costly, "mixed"))
+
+
+def test_the_plan_picked_reaches_the_latency_target_everywhere_then_runs_fastest_overall():
+    speedups = {
+        "mixed": {"onnxruntime b1": 3.0, "openvino b1": 0.9},  # fastest on average, slower on one
+        "int8": {"onnxruntime b1": 1.5, "openvino b1": 1.2},
+        "float": {"onnxruntime b1": 1.1, "openvino b1": 1.1},
+    }
+    assert fastest(speedups, None) == "int8"  # the default target: never slower than the teacher
+    assert fastest(speedups, 2.0) == "mixed"  # at most 2x the teacher's time: all reach it
+
+
+def test_the_plan_timed_whole_is_the_graph_export_writes_and_the_fastest_measured(demo_run):
+    run = demo_run[0]
+    plan = json.loads((run / "plan" / "plan.json").read_text())
+    search = plan["search"]
+    assert len(search["compared"]) >= 2 and set(search["whole"]) == set(search["compared"])
+    bench = json.loads((run / "bench" / "bench.json").read_text())["results"]
+    timed = {f"{r['target']}/{r['runtime']} b{r['batch']}" for r in bench if r["status"] == "ok"}
+    assert timed and all(set(got) == timed for got in search["whole"].values())
+    assert search["mode"] == fastest(search["whole"], None)
+    graph = plan_graph(demo_teacher(), Plan.from_dict(plan), torch.rand(2, 1, 8, 8))
+    exported = onnx.load(run / "export" / "student.onnx")
+    assert [n.op_type for n in graph.graph.node] == [n.op_type for n in exported.graph.node]
+    assert {i.name: (tuple(i.dims), i.data_type) for i in graph.graph.initializer} == {
+        i.name: (tuple(i.dims), i.data_type) for i in exported.graph.initializer
+    }

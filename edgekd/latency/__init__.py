@@ -38,7 +38,9 @@ from .layer_onnx import LayerShape, WeightChoice, call_onnx, layer_onnx, output_
 __all__ = ["LayerShape", "WeightChoice", "fastest", "kept", "layer_onnx", "layer_shapes", "run"]
 
 
-FORMAT = 5  # bump when layer_onnx or the timing changes (5: calls with the input bound once)
+# bump when layer_onnx or the timing changes (5: calls with the input bound once; 6: ONNX Runtime
+# sessions that do not spin)
+FORMAT = 6
 
 
 def run(ctx: Context) -> Context:

@@ -10,10 +10,16 @@ format) and over layers, and turned into points of top-1 agreement only for the 
 ``damage.DamageModel`` (KL adds up across layers; points do not). Latency cost is each layer's
 measured time as a fraction of the float layers' total, averaged over the runtimes and batch
 sizes timed.
+
+Layer times do not add up where precision switches: a runtime pays at every float/int8 boundary
+(``whole.py``). So the search runs once per precision mode, and the plans that differ are timed
+whole against the teacher; the fastest is the plan.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -45,19 +51,26 @@ if TYPE_CHECKING:  # context.py imports the plan types from here
     from ..context import Context
 
 __all__ = [
-    "CHOICE_FIELDS", "COMPRESSIBLE", "LayerPlan", "Plan", "Traced", "choice_label", "choice_of",
+    "CHOICE_FIELDS", "COMPRESSIBLE", "MODES", "LayerPlan", "Plan", "Traced", "choice_label",
+    "choice_of", "choices", "digest",
     "format_label", "kept_shape", "part_labels", "predicted_latency",
     "resolve_plan", "run", "search", "searched", "sparsity_ineligible", "trace_layers",
 ]  # fmt: skip
 
 
+# "mixed": each layer's candidates as the tables rank them; "float": no int8 activations (channels
+# and weight-only formats); "int8": int8 on every layer that has an int8 candidate, then channels.
+MODES = ("mixed", "float", "int8")
+
+
 def run(ctx: Context) -> Context:
     if ctx.recipe.plan.search:
-        plan = search(ctx, ctx.budget_pts)
+        plan = _pick(ctx, search(ctx, ctx.budget_pts))
         found = plan.search
         ctx.log(
             f"  round {found['round'] + 1}: predicted drop {found['predicted_drop_pts']:.2f} of "
-            f"{found['budget_pts']:.2f} pts (before training), {len(found['moves'])} moves"
+            f"{found['budget_pts']:.2f} pts (before training), {len(found['moves'])} moves, "
+            f"{found['mode']} precision"
         )
         for key, p in predicted_latency(
             ctx.read_json("latency", "table.json")["layers"], plan
@@ -71,12 +84,13 @@ def run(ctx: Context) -> Context:
     return ctx
 
 
-def search(ctx: Context, budget: float | None) -> Plan:
-    """The plan this run's measured tables give within ``budget`` points (None: the recipe's)."""
+def search(ctx: Context, budget: float | None) -> dict[str, Plan]:
+    """The plan per precision mode (``MODES``) this run's measured tables give within ``budget``
+    points (None: the recipe's); modes that give the same plan appear once."""
     logits = ctx.path_of("sensitivity", LOGITS)
     if not logits.exists():  # a run made before the damage model
         raise StageError(f"{logits} is missing: re-run sensitivity (edgekd compress --resume)")
-    return searched(
+    tables = (
         ctx.space,
         ctx.read_json("sensitivity", "sensitivity.json"),
         DamageModel(np.load(logits)),
@@ -86,6 +100,32 @@ def search(ctx: Context, budget: float | None) -> Plan:
         ctx.round,
         budget,
     )
+    modes = MODES if ctx.recipe.plan.objective == "latency" else ("mixed",)
+    plans: dict[str, Plan] = {}
+    for mode in modes:
+        plan = searched(*tables, mode=mode)
+        if plan and all(choices(plan) != choices(p) for p in plans.values()):
+            plans[mode] = plan
+    return plans
+
+
+def _pick(ctx: Context, plans: dict[str, Plan]) -> Plan:
+    """The candidate whose whole graph runs fastest (``whole.fastest``); the table's own
+    ("mixed") when there is one candidate or no target runtime runs here."""
+    from .whole import fastest, time_plans  # they build with prune and export, which import us
+
+    speedups = time_plans(ctx, plans) if len(plans) > 1 else {}
+    compared = {mode: digest(plan) for mode, plan in plans.items()}
+    best = fastest(speedups, ctx.recipe.plan.latency_target) if speedups else "mixed"
+    for mode, got in speedups.items():
+        ctx.log(
+            f"  {mode} precision, timed whole: "
+            + ", ".join(f"{key} {s:.2f}x" for key, s in got.items())
+            + (" (picked)" if mode == best else "")
+        )
+    picked = plans[best]
+    picked.search.update(whole=speedups, compared=compared)
+    return picked
 
 
 def searched(
@@ -97,24 +137,34 @@ def searched(
     runtimes: list,
     round_: int = 0,
     budget: float | None = None,
-) -> Plan:
+    mode: str = "mixed",
+) -> Plan | None:
     """The plan the search picks from ``space`` under ``cfg`` (the recipe's ``plan`` section),
     within ``budget`` points of predicted damage (default: ``max_accuracy_drop × recovery``,
-    halved per round; the rounds in ``rounds.py`` pass their own)."""
+    halved per round; the rounds in ``rounds.py`` pass their own), in precision ``mode``
+    (``MODES``); None when int8 everywhere alone exceeds the budget."""
     kl = {(r["layer"], r["choice"]): r["kl"] for r in sensitivity["layers"]}
     costs = _latency_costs(table) if cfg.objective == "latency" else _size_costs(space)
     options = {}
     for lp in space.layers:
+        int8 = [c for c in lp.candidates if c["activation_bits"] is not None]
+        allowed = {
+            "mixed": lp.candidates,
+            "float": [c for c in lp.candidates if c["activation_bits"] is None],
+            "int8": int8 or lp.candidates,
+        }[mode]
         options[lp.name] = [
             Option(choice_label(c), summed, cost)
-            for c in lp.candidates
+            for c in allowed
             if (summed := _damage(lp.name, c, kl)) is not None
             and (cost := costs(lp, c)) is not None
         ] or [Option(choice_label(lp.candidates[0]), 0.0, 0.0)]
     if budget is None:
         budget = cfg.max_accuracy_drop * cfg.recovery / 2**round_
+    if sum(o[0].damage for o in options.values()) > damage.kl_for(budget):
+        return None  # the int8 mode's start: every int8 layer at its least damaging
     picked, moves = greedy(options, damage.kl_for(budget))
-    if any(rt.name == "onnxruntime" for _, rt in runtimes):
+    if mode == "mixed" and any(rt.name == "onnxruntime" for _, rt in runtimes):
         _fill_int8_gaps(space, options, picked, moves)
     layers = []
     for lp in space.layers:
@@ -125,6 +175,7 @@ def searched(
     plan = Plan(layers, space.targets, space.adjustments, space.target_facts)
     plan.search = {
         "objective": cfg.objective,
+        "mode": mode,
         "round": round_,
         "budget_pts": budget,
         "predicted_kl": sum(o.damage for o in picked.values()),
@@ -132,6 +183,16 @@ def searched(
         "moves": moves,  # timings stay in the latency table: re-timing alone changes no plan
     }
     return plan
+
+
+def choices(plan: Plan) -> dict[str, str]:
+    """Each layer's choice, by label: what makes two plans the same."""
+    return {lp.name: choice_label(choice_of(lp)) for lp in plan.layers}
+
+
+def digest(plan: Plan) -> str:
+    """A short name for a plan's choices, to tell whether a search found the same plans."""
+    return hashlib.sha256(json.dumps(choices(plan), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _fill_int8_gaps(

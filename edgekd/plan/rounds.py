@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from . import choice_label, choice_of, search
+from . import digest, search
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -125,7 +125,7 @@ def _state(ctx: Context) -> dict[str, Any]:
 
 
 def _changes_plan(ctx: Context, budget: float) -> bool:
-    """Whether the search picks anything else within ``budget``: a round that re-trains the same
-    plan measures nothing new."""
-    now = {lp.name: choice_label(choice_of(lp)) for lp in ctx.plan.layers}
-    return any(now[lp.name] != choice_label(choice_of(lp)) for lp in search(ctx, budget).layers)
+    """Whether the search finds other plans to compare within ``budget``: a round that re-trains
+    the same plan measures nothing new."""
+    now = ctx.plan.search.get("compared", {})
+    return {mode: digest(plan) for mode, plan in search(ctx, budget).items()} != now

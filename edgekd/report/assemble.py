@@ -82,10 +82,17 @@ def assemble(ctx: Context) -> dict[str, Any]:
 
 def prediction_vs_measurement(layers: list[dict], plan: Plan, measured: list[dict]) -> list[dict]:
     """Per target runtime and batch: the student/teacher ratio the per-layer table predicts for
-    the compressible layers, beside the whole-model ratio bench measured."""
+    the compressible layers, the plan's whole graph timed before training, and the ratio bench
+    measured on the trained student."""
     ratios = {f"{s['target']}/{s['runtime']} b{s['batch']}": 1 / s["speedup_p50"] for s in measured}
+    whole = plan.search.get("whole", {}).get(plan.search.get("mode"), {})
     return [
-        {"where": key, **totals, "measured_student_over_teacher": ratios.get(key)}
+        {
+            "where": key,
+            **totals,
+            "whole_student_over_teacher": 1 / whole[key] if key in whole else None,
+            "measured_student_over_teacher": ratios.get(key),
+        }
         for key, totals in predicted_latency(layers, plan).items()
     ]
 

@@ -1,0 +1,106 @@
+"""Candidate plans timed whole, as the runtime runs them: what a sum of layers cannot see.
+
+A runtime pays at every switch between float and int8 layers: ONNX Runtime transposes to NHWC
+and back around its QLinearConv chain, reorders its blocked float layouts and runs the Q/DQ;
+OpenVINO requantizes. EfficientNet-Lite0's plan with 16 int8 layers among float ones summed to
+1.30x the teacher at ONNX Runtime batch 32 and ran 0.83x; all 49 layers int8 ran 1.9x. So the
+plan stage times each candidate plan's graph against the teacher's: built from the teacher as the
+later stages would (channels pruned, BatchNorm folded, fake-quantized, activation ranges
+calibrated on the example), untrained, since time does not depend on the values, and exported
+as the export stage exports. Each runtime and batch is one interleaved measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..bench.timing import measure_interleaved
+from ..distill.train import calibrate
+from ..export.torch_onnx import export_float, student_onnx
+from ..prune.sparsity import apply_2of4
+from ..prune.structured import prune_channels
+from ..quant import fold_batchnorm, prepare_qat
+from ..runtimes import get_runtime
+from .resolve import Plan
+
+if TYPE_CHECKING:
+    from ..context import Context
+
+# At most the bench's settings: enough to rank graphs whose times differ by tens of percent.
+WARMUP, MIN_RUNS, MIN_SECONDS = 3, 10, 1.0
+
+
+def time_plans(ctx: Context, plans: dict[str, Plan]) -> dict[str, dict[str, float]]:
+    """``{mode: {"target/runtime b<batch>": teacher p50 / plan p50}}`` on every target runtime
+    this machine runs; empty when it runs none."""
+    cfg = ctx.recipe.bench
+    runtimes = {
+        rt.name: f"{target.name}/{rt.name}"
+        for target in ctx.targets
+        for rt in target.runtimes
+        if not target.unavailable_reason(rt.name)
+    }
+    if not runtimes:
+        return {}
+    ratios: dict[str, dict[str, float]] = {mode: {} for mode in plans}
+    with tempfile.TemporaryDirectory(prefix="edgekd-plans-") as tmp:
+        graphs = {"teacher": Path(tmp, "teacher.onnx")}
+        onnx.save(export_float(ctx.teacher, ctx.example), graphs["teacher"])
+        for mode, plan in plans.items():
+            graphs[mode] = Path(tmp, f"{mode}.onnx")
+            onnx.save(plan_graph(ctx.teacher, plan, ctx.example), graphs[mode])
+        for name, where in runtimes.items():
+            runtime = get_runtime(name)
+            sessions = {
+                model: runtime.open(
+                    runtime.build(path, Path(tmp, name, model + runtime.artifact_suffix)),
+                    cfg.threads,
+                    "deploy",
+                )
+                for model, path in graphs.items()
+            }
+            for batch in cfg.batches:
+                x = np.ascontiguousarray(
+                    np.resize(ctx.data.test.x, (batch, *ctx.example.shape[1:]))
+                )
+                stats = measure_interleaved(
+                    {model: s.bound(x) for model, s in sessions.items()},
+                    warmup=min(cfg.warmup, WARMUP), min_runs=min(cfg.min_runs, MIN_RUNS),
+                    min_seconds=min(cfg.min_seconds, MIN_SECONDS),
+                )  # fmt: skip
+                for mode in plans:
+                    ratios[mode][f"{where} b{batch}"] = stats["teacher"].p50 / stats[mode].p50
+    return ratios
+
+
+def fastest(speedups: dict[str, dict[str, float]], latency_target: float | None) -> str:
+    """The mode whose plan reaches the latency target (student p50 / teacher p50) on every
+    runtime and batch, else any, with the highest geometric mean speedup."""
+    least = 1 / (latency_target or 1.0)
+
+    def rank(mode: str) -> tuple[bool, float]:
+        got = list(speedups[mode].values())
+        return all(s >= least for s in got), float(np.exp(np.mean(np.log(got))))
+
+    return max(speedups, key=rank)
+
+
+def plan_graph(teacher: nn.Module, plan: Plan, example: torch.Tensor) -> onnx.ModelProto:
+    """The ONNX graph the export stage would write for ``plan``, with untrained weights."""
+    student = copy.deepcopy(teacher).eval()
+    prune_channels(student, plan, example)
+    for name, module in student.named_modules():  # TensorRT picks sparse tactics by the values
+        if (lp := plan.layer(name)) and lp.sparsity == "2:4":
+            apply_2of4(module)
+    fold_batchnorm(student, example)
+    prepare_qat(student, plan)
+    calibrate(student, example.numpy(), len(example))
+    return student_onnx(student, example)
