@@ -290,6 +290,8 @@ def test_the_plan_timed_whole_is_the_graph_export_writes_and_the_fastest_measure
     timed = {f"{r['target']}/{r['runtime']} b{r['batch']}" for r in bench if r["status"] == "ok"}
     assert timed and all(set(got) == timed for got in search["whole"].values())
     assert search["mode"] == fastest(search["whole"], None)
+    report = (run / "report.md").read_text()
+    assert "Plans compared whole before training" in report and f"- {search['mode']}: " in report
     graph = plan_graph(demo_teacher(), Plan.from_dict(plan), torch.rand(2, 1, 8, 8))
     exported = onnx.load(run / "export" / "student.onnx")
     assert [n.op_type for n in graph.graph.node] == [n.op_type for n in exported.graph.node]

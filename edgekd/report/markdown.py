@@ -55,6 +55,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "no layer sum sees); and the student/teacher ratio bench measured on the trained student.",
         "",
         *_prediction(report["latency_prediction"]),
+        *_compared(report["plan"].get("search", {})),
         "",
         "## What each runtime really executed",
         "",
@@ -149,6 +150,17 @@ def _prediction(rows: list[dict[str, Any]]) -> list[str]:
              *(f"{r:.2f}x" if r else "–" for r in ratios))
         )  # fmt: skip
     return _table(header, table)
+
+
+def _compared(search: dict[str, Any]) -> list[str]:
+    """The plans the search timed whole, one per precision mode, and which it took."""
+    if not search.get("whole"):
+        return []
+    lines = ["", "Plans compared whole before training (teacher p50 / plan p50):", ""]
+    for mode, speedups in search["whole"].items():
+        figures = ", ".join(f"{key} {s:.2f}x" for key, s in speedups.items())
+        lines.append(f"- {mode}: {figures}" + (" (the plan)" if mode == search["mode"] else ""))
+    return lines
 
 
 def _reality(report: dict[str, Any]) -> list[str]:
