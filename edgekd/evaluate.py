@@ -13,6 +13,11 @@ from .data import Split
 RUNTIME_BATCH = 64  # verify feeds runtimes this many inputs per call; engines must accept it
 
 
+def max_batch(bench_batches: list[int]) -> int:
+    """The largest batch an artifact must accept: verify's and every bench batch."""
+    return max(RUNTIME_BATCH, *bench_batches)
+
+
 def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(
         [np.asarray(fn(x[i : i + batch]), dtype=np.float32) for i in range(0, len(x), batch)]

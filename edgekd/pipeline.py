@@ -21,7 +21,7 @@ from .context import Context, Progress, no_progress
 from .cpu import detect_cpu
 from .data import load_data
 from .errors import BudgetMiss, EdgeKDError, ShapeError, StageError
-from .evaluate import RUNTIME_BATCH
+from .evaluate import max_batch
 from .models import load_teacher, model_fingerprint
 from .plan import rounds
 from .recipe import load_recipe
@@ -230,7 +230,7 @@ def _fingerprints(recipe, targets, space, teacher, data) -> dict[str, str]:
         "distill": _fingerprint(QUANT_FORMAT, models, recipe.distill),
         "export": _fingerprint(
             sorted({rt.name for t in targets for rt in t.runtimes}),
-            max(RUNTIME_BATCH, *recipe.bench.batches),
+            max_batch(recipe.bench.batches),
         ),
         "verify": _fingerprint(models, recipe.verify),
         "bench": _fingerprint(models, recipe.bench, targets, cpu),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -15,9 +16,12 @@ from edgekd.plan import (
     Plan,
     choice_label,
     choice_of,
+    digest,
     predicted_latency,
     resolve_plan,
+    rounds,
     searched,
+    whole,
 )
 from edgekd.plan.damage import DamageModel
 from edgekd.plan.rounds import next_budget
@@ -271,6 +275,21 @@ def test_each_precision_mode_searches_its_own_plan(tiny, example):
     assert plan(costly, "int8") is None and not int8(plan(costly, "mixed"))
 
 
+def test_the_int8_modes_own_starting_damage_counts_against_the_budget(tiny, example):
+    target = load_target("x86-cpu-vnni")
+    recipe = load_recipe("auto", ["plan.max_accuracy_drop=1"])
+    space = resolve_plan(recipe, [target], tiny, example)
+    sensitivity, table = _tables(space)
+    damage = DamageModel(TOY_LOGITS)
+    a8 = damage.kl_for(10) / 2 / len(space.layers)  # int8 everywhere: half the 10-pt budget
+    rows = [{**r, "kl": a8} if r["choice"].endswith("A8") else r for r in sensitivity["layers"]]
+    runtimes = [(target, rt) for rt in target.runtimes]
+    for mode in ("mixed", "float", "int8"):
+        plan = searched(space, {**sensitivity, "layers": rows}, damage, table, recipe.plan,
+                        runtimes, mode=mode)  # fmt: skip
+        assert plan.search["predicted_drop_pts"] <= plan.search["budget_pts"] == 10
+
+
 def test_the_plan_picked_reaches_the_latency_target_everywhere_then_runs_fastest_overall():
     speedups = {
         "mixed": {"onnxruntime b1": 3.0, "openvino b1": 0.9},  # fastest on average, slower on one
@@ -279,6 +298,60 @@ def test_the_plan_picked_reaches_the_latency_target_everywhere_then_runs_fastest
     }
     assert fastest(speedups, None) == "int8"  # the default target: never slower than the teacher
     assert fastest(speedups, 2.0) == "mixed"  # at most 2x the teacher's time: all reach it
+    # within the gate's noise allowance (budget.LATENCY_NOISE) a plan reaches the target
+    near = {"mixed": {"ort": 3.0, "ov": 0.97}, "float": {"ort": 1.01, "ov": 1.1}}
+    assert fastest(near, None) == "mixed"
+
+
+def test_a_plan_that_cannot_be_built_is_left_out_of_the_timing_with_its_reason(
+    tiny, example, monkeypatch
+):
+    target = load_target("x86-cpu")
+    recipe = load_recipe("auto", ["bench.batches=[1]", "bench.min_runs=3", "bench.min_seconds=0"])
+    space = resolve_plan(recipe, [target], tiny, example)
+    sensitivity, table = _tables(space)
+    runtimes = [(target, rt) for rt in target.runtimes]
+    plans = {mode: searched(space, sensitivity, DamageModel(TOY_LOGITS), table, recipe.plan,
+                            runtimes, mode=mode) for mode in ("mixed", "int8")}  # fmt: skip
+    real = whole.plan_graph
+
+    def broken_int8(teacher, plan, x):
+        if plan is plans["int8"]:
+            raise RuntimeError("unsupported op Foo")
+        return real(teacher, plan, x)
+
+    monkeypatch.setattr(whole, "plan_graph", broken_int8)
+    logged: list[str] = []
+    ctx = SimpleNamespace(recipe=recipe, targets=[target], teacher=tiny, example=example,
+                          data=SimpleNamespace(test=SimpleNamespace(x=example.numpy())),
+                          log=logged.append)  # fmt: skip
+    got = whole.time_plans(ctx, plans)
+    assert set(got) == {"mixed"}
+    assert set(got["mixed"]) == {"x86-cpu/onnxruntime b1", "x86-cpu/openvino b1"}
+    assert logged == ["  the int8 plan, not timed whole: its export failed: unsupported op Foo"]
+
+
+def test_a_round_whose_search_finds_only_plans_already_compared_is_not_trained(
+    tiny, example, monkeypatch
+):
+    target = load_target("x86-cpu-vnni")
+    recipe = load_recipe("auto", ["plan.max_accuracy_drop=1"])
+    space = resolve_plan(recipe, [target], tiny, example)
+    sensitivity, table = _tables(space)
+    runtimes = [(target, rt) for rt in target.runtimes]
+    mixed, int8 = (searched(space, sensitivity, DamageModel(TOY_LOGITS), table, recipe.plan,
+                            runtimes, mode=mode) for mode in ("float", "int8"))  # fmt: skip
+    int8.search.update(whole={"int8": {"ort b1": 2.0}, "mixed": {"ort b1": 1.5}},
+                       compared={"mixed": digest(mixed), "int8": digest(int8)})  # fmt: skip
+    ctx = SimpleNamespace(plan=int8)
+    # a wider budget: the mixed search now finds the int8 plan already picked
+    monkeypatch.setattr(rounds, "search", lambda ctx, budget: {"mixed": int8})
+    assert not rounds._changes_plan(ctx, 20.0)
+    monkeypatch.setattr(rounds, "search", lambda ctx, budget: {"mixed": mixed})
+    assert rounds._changes_plan(ctx, 20.0)  # the pick is gone: its replacement is trained
+    int8.search["whole"] = {}  # nothing timed whole: the mixed plan is the pick
+    monkeypatch.setattr(rounds, "search", lambda ctx, budget: {"mixed": int8, "float": mixed})
+    assert not rounds._changes_plan(ctx, 20.0)
 
 
 def test_the_plan_timed_whole_is_the_graph_export_writes_and_the_fastest_measured(demo_run):

@@ -10,7 +10,7 @@ from ..errors import StageError
 from ..runtimes import get_runtime
 from .environment import describe_environment
 from .reality import compare_with_plan, deployed_check
-from .timing import measure_interleaved
+from .timing import batch_of, measure_interleaved
 
 
 def run(ctx: Context) -> Context:
@@ -56,7 +56,7 @@ def run(ctx: Context) -> Context:
             for batch in cfg.batches:
                 stats = {}
                 if sessions:
-                    x = _batch(ctx.data.test.x, batch)
+                    x = batch_of(ctx.data.test.x, batch)
                     calls = {m: s.bound(x) for m, s in sessions.items()}
                     stats = measure_interleaved(
                         calls, warmup=cfg.warmup, min_runs=cfg.min_runs, min_seconds=cfg.min_seconds
@@ -138,9 +138,3 @@ def student_precision(ctx: Context) -> str:
     a = "" if None in acts or len(acts) != 1 or w == "fp32" else f"a{acts.pop()}"
     sparse = "+2:4" if any(lp.sparsity == "2:4" for lp in ctx.plan.layers) else ""
     return f"{w}{a}{sparse}"
-
-
-def _batch(x: np.ndarray, batch: int) -> np.ndarray:
-    """``batch`` real test inputs, repeated if the test split is smaller."""
-    reps = -(-batch // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch])

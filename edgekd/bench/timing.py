@@ -38,10 +38,13 @@ def measure_interleaved(
     min_seconds: float = 1.0,
     max_runs: int = 2000,
 ) -> dict[str, LatencyStats]:
-    """Time every call in rounds (a, b, c, a, b, c, ...) after ``warmup`` rounds.
+    """Time every call in rounds, forward then backward (a, b, c, c, b, a, ...), after
+    ``warmup`` rounds.
 
-    Round-robin lets CPU frequency drift and background load hit every model alike. Rounds go on
-    until each call has ``min_runs`` samples and ``min_seconds`` have passed, or ``max_runs``.
+    Round-robin lets CPU frequency drift and background load hit every model alike; alternating
+    the order gives each call both neighbours, since a call runs slower after one that evicted
+    its caches. Rounds go on until each call has ``min_runs`` samples and ``min_seconds`` have
+    passed, or ``max_runs``.
     """
     if not calls:
         raise ValueError("measure_interleaved needs at least one call")
@@ -50,11 +53,17 @@ def measure_interleaved(
             call()
     samples: dict[str, list[int]] = {key: [] for key in calls}
     deadline = time.perf_counter_ns() + int(min_seconds * 1e9)
-    rounds = 0
+    rounds, order = 0, list(calls.items())
     while rounds < max_runs and (rounds < min_runs or time.perf_counter_ns() < deadline):
-        for key, call in calls.items():
+        for key, call in order if rounds % 2 == 0 else order[::-1]:
             start = time.perf_counter_ns()
             call()
             samples[key].append(time.perf_counter_ns() - start)
         rounds += 1
     return {key: LatencyStats.from_ns(ns) for key, ns in samples.items()}
+
+
+def batch_of(x: np.ndarray, batch: int) -> np.ndarray:
+    """``batch`` real test inputs, repeated if the test split is smaller."""
+    reps = -(-batch // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch])

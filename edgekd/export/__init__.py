@@ -6,7 +6,7 @@ import onnx
 
 from ..atomic import atomic_path, write_json
 from ..context import Context
-from ..evaluate import RUNTIME_BATCH
+from ..evaluate import max_batch
 from ..models import load_student
 from ..runtimes import get_runtime
 from .torch_onnx import export_float, student_onnx
@@ -28,7 +28,7 @@ def run(ctx: Context) -> Context:
         with atomic_path(onnx_paths[model]) as tmp:
             onnx.save(proto, tmp)
     artifacts = []
-    max_batch = max(RUNTIME_BATCH, *ctx.recipe.bench.batches)
+    largest = max_batch(ctx.recipe.bench.batches)
     for name in dict.fromkeys(rt.name for t in ctx.targets for rt in t.runtimes):
         runtime = get_runtime(name)
         reason = runtime.unavailable_reason()
@@ -45,7 +45,7 @@ def run(ctx: Context) -> Context:
                 entry.update(status="skipped", reason=reason)
             else:
                 dest = ctx.out(f"{name}/{model}{runtime.artifact_suffix}")
-                path = runtime.build(onnx_paths[model], dest, max_batch)
+                path = runtime.build(onnx_paths[model], dest, largest)
                 files = sorted(dest.parent.glob(f"{dest.stem}.*"))  # e.g. OpenVINO's .xml + .bin
                 ctx.outputs.extend(f for f in files if f not in ctx.outputs)
                 entry.update(

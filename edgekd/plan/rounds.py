@@ -125,7 +125,13 @@ def _state(ctx: Context) -> dict[str, Any]:
 
 
 def _changes_plan(ctx: Context, budget: float) -> bool:
-    """Whether the search finds other plans to compare within ``budget``: a round that re-trains
-    the same plan measures nothing new."""
-    now = ctx.plan.search.get("compared", {})
-    return {mode: digest(plan) for mode, plan in search(ctx, budget).items()} != now
+    """Whether the search within ``budget`` could pick another plan: a round that re-trains the
+    same plan measures nothing new. Plans already compared, one of them the current pick, give
+    the same pick; with nothing timed whole, the table's own (``mixed``) plan is the pick."""
+    found = search(ctx, budget)
+    if not ctx.plan.search.get("whole"):
+        return "mixed" not in found or digest(found["mixed"]) != digest(ctx.plan)
+    new = {digest(plan) for plan in found.values()}
+    return not (
+        new <= set(ctx.plan.search.get("compared", {}).values()) and digest(ctx.plan) in new
+    )

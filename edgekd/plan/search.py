@@ -24,9 +24,10 @@ class Option:
 
 
 def greedy(layers: dict[str, list[Option]], budget: float) -> tuple[dict[str, Option], list[str]]:
-    """The option picked per layer (each layer's first option is its start) and the moves made."""
+    """The option picked per layer (each layer's first option is its start) and the moves made;
+    the starts' own damage counts against the budget (the int8 mode starts damaged)."""
     picked = {name: options[0] for name, options in layers.items()}
-    spent, moves = 0.0, []
+    spent, moves = sum(option.damage for option in picked.values()), []
     while True:
         best, best_rate = None, -1.0
         for name, options in layers.items():

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from ..bench.timing import measure_interleaved
+from ..bench.timing import batch_of, measure_interleaved
+from ..budget import LATENCY_NOISE
 from ..distill.train import calibrate
+from ..evaluate import max_batch
 from ..export.torch_onnx import export_float, student_onnx
 from ..prune.sparsity import apply_2of4
 from ..prune.structured import prune_channels
@@ -36,18 +40,22 @@ if TYPE_CHECKING:
 
 # At most the bench's settings: enough to rank graphs whose times differ by tens of percent.
 WARMUP, MIN_RUNS, MIN_SECONDS = 3, 10, 1.0
+T = TypeVar("T")
 
 
 def time_plans(ctx: Context, plans: dict[str, Plan]) -> dict[str, dict[str, float]]:
     """``{mode: {"target/runtime b<batch>": teacher p50 / plan p50}}`` on every target runtime
-    this machine runs; empty when it runs none."""
+    this machine runs; empty when it runs none. A plan that cannot be exported, built or loaded
+    is left out with a logged reason (the later stages judge the plan picked), and so is a
+    runtime that cannot load the teacher: only plans timed on every runtime and batch compete."""
     cfg = ctx.recipe.bench
-    runtimes = {
-        rt.name: f"{target.name}/{rt.name}"
-        for target in ctx.targets
-        for rt in target.runtimes
-        if not target.unavailable_reason(rt.name)
-    }
+    runtimes: dict[str, list[str]] = {}  # one timing per runtime, filed under each target
+    for target in ctx.targets:
+        for rt in target.runtimes:
+            if why := target.unavailable_reason(rt.name):
+                ctx.log(f"  {target.name}/{rt.name}: plans not timed whole here ({why})")
+            else:
+                runtimes.setdefault(rt.name, []).append(f"{target.name}/{rt.name}")
     if not runtimes:
         return {}
     ratios: dict[str, dict[str, float]] = {mode: {} for mode in plans}
@@ -55,36 +63,57 @@ def time_plans(ctx: Context, plans: dict[str, Plan]) -> dict[str, dict[str, floa
         graphs = {"teacher": Path(tmp, "teacher.onnx")}
         onnx.save(export_float(ctx.teacher, ctx.example), graphs["teacher"])
         for mode, plan in plans.items():
-            graphs[mode] = Path(tmp, f"{mode}.onnx")
-            onnx.save(plan_graph(ctx.teacher, plan, ctx.example), graphs[mode])
-        for name, where in runtimes.items():
+            graph = _attempt(ctx, f"the {mode} plan, not timed whole: its export failed",
+                             partial(plan_graph, ctx.teacher, plan, ctx.example))  # fmt: skip
+            if graph is not None:
+                graphs[mode] = Path(tmp, f"{mode}.onnx")
+                onnx.save(graph, graphs[mode])
+        for name, labels in runtimes.items():
             runtime = get_runtime(name)
-            sessions = {
-                model: runtime.open(
-                    runtime.build(path, Path(tmp, name, model + runtime.artifact_suffix)),
-                    cfg.threads,
-                    "deploy",
-                )
-                for model, path in graphs.items()
-            }
+            sessions = {}
+            for model, path in graphs.items():
+                dest = Path(tmp, name, model + runtime.artifact_suffix)
+                opened = _attempt(ctx, f"{', '.join(labels)}: the {model} model, not timed whole",
+                                  partial(_session, runtime, path, dest, cfg))  # fmt: skip
+                if opened is not None:
+                    sessions[model] = opened
+            if "teacher" not in sessions:
+                continue
             for batch in cfg.batches:
-                x = np.ascontiguousarray(
-                    np.resize(ctx.data.test.x, (batch, *ctx.example.shape[1:]))
-                )
+                x = batch_of(ctx.data.test.x, batch)
                 stats = measure_interleaved(
                     {model: s.bound(x) for model, s in sessions.items()},
                     warmup=min(cfg.warmup, WARMUP), min_runs=min(cfg.min_runs, MIN_RUNS),
                     min_seconds=min(cfg.min_seconds, MIN_SECONDS),
                 )  # fmt: skip
-                for mode in plans:
-                    ratios[mode][f"{where} b{batch}"] = stats["teacher"].p50 / stats[mode].p50
-    return ratios
+                for mode in plans.keys() & sessions.keys():
+                    for label in labels:
+                        ratios[mode][f"{label} b{batch}"] = stats["teacher"].p50 / stats[mode].p50
+    everywhere = max((len(got) for got in ratios.values()), default=0)
+    return {mode: got for mode, got in ratios.items() if got and len(got) == everywhere}
+
+
+def _session(runtime, onnx_path: Path, dest: Path, cfg):
+    """A deployed session on ``onnx_path``, built as the export stage builds artifacts."""
+    return runtime.open(
+        runtime.build(onnx_path, dest, max_batch(cfg.batches)), cfg.threads, "deploy"
+    )
+
+
+def _attempt(ctx: Context, what: str, make: Callable[[], T]) -> T | None:
+    """``make()``, or None with ``what`` and the error's first line logged."""
+    try:
+        return make()
+    except Exception as exc:  # any runtime's or exporter's error: that plan is not compared
+        ctx.log(f"  {what}: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
+        return None
 
 
 def fastest(speedups: dict[str, dict[str, float]], latency_target: float | None) -> str:
-    """The mode whose plan reaches the latency target (student p50 / teacher p50) on every
-    runtime and batch, else any, with the highest geometric mean speedup."""
-    least = 1 / (latency_target or 1.0)
+    """The mode whose plan reaches the latency target (student p50 / teacher p50, within the
+    gate's noise allowance) on every runtime and batch, else any, with the highest geometric
+    mean speedup."""
+    least = 1 / ((latency_target or 1.0) * (1 + LATENCY_NOISE))  # the gate's tolerance
 
     def rank(mode: str) -> tuple[bool, float]:
         got = list(speedups[mode].values())

@@ -82,7 +82,8 @@ class OnnxRuntime:
     def describe(self) -> dict:
         import onnxruntime as ort
 
-        return {"runtime": self.name, "version": ort.__version__, "device": "CPU"}
+        return {"runtime": self.name, "version": ort.__version__, "device": "CPU",
+                "session_options": {key: "0" for key in _NO_SPINNING}}  # fmt: skip
 
 
 def _options(threads: int | None, precision: Precision):
