@@ -275,9 +275,11 @@ def _run_stage(
 
 
 # 2: weight clipping; 3: int8 outputs; 4: outputs within the activation; 5: uint8, chained;
-# 6: shared quantizers calibrated; 7: weight scales floored
-QUANT_FORMAT = 7
-SENSITIVITY_FORMAT = 2  # 2: the teacher's calibration logits saved beside the rows
+# 6: shared quantizers calibrated; 7: weight scales floored; 8: biases corrected
+QUANT_FORMAT = 8
+SENSITIVITY_FORMAT = (
+    3  # 2: the teacher's calibration logits saved beside the rows; 3: bias corrected
+)
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -14,6 +14,7 @@ from conftest import edgekd
 from edgekd.models.demo import demo_teacher
 from edgekd.plan import (
     Plan,
+    below,
     choice_label,
     choice_of,
     digest,
@@ -331,6 +332,15 @@ def test_a_plan_that_cannot_be_built_is_left_out_of_the_timing_with_its_reason(
     assert logged == ["  the int8 plan, not timed whole: its export failed: unsupported op Foo"]
 
 
+def test_after_a_round_that_lost_too_much_only_plans_predicted_to_lose_less_compete():
+    def plan(pts):
+        return SimpleNamespace(search={"predicted_drop_pts": pts})
+
+    plans = {"mixed": plan(2.0), "int8": plan(4.9), "float": plan(1.0)}
+    assert set(below(plans, 3.0)) == {"mixed", "float"}  # the fast int8 plan is out
+    assert set(below(plans, 0.5)) == {"float"}  # none under: the least damaging
+
+
 def test_a_round_whose_search_finds_only_plans_already_compared_is_not_trained(
     tiny, example, monkeypatch
 ):
@@ -371,3 +381,33 @@ def test_the_plan_timed_whole_is_the_graph_export_writes_and_the_fastest_measure
     assert {i.name: (tuple(i.dims), i.data_type) for i in graph.graph.initializer} == {
         i.name: (tuple(i.dims), i.data_type) for i in exported.graph.initializer
     }
+
+
+def test_the_int8_mode_leaves_the_most_damaging_layers_float_but_never_a_gap_between_int8():
+    """int8 everywhere costs too much: the int8 region shrinks from its most damaging end;
+    a damaging layer between two int8 layers cannot leave it alone (ONNX Runtime would quantize
+    it per tensor), so then there is no int8 plan."""
+    target = load_target("x86-cpu-vnni")
+    recipe = load_recipe("auto", ["plan.max_accuracy_drop=1"])
+    space = resolve_plan(recipe, [target], Chain().eval(), torch.rand(2, 1, 8, 8))
+    runtimes = [(target, rt) for rt in target.runtimes]
+    table = {
+        "layers": [
+            {"target": target.name, "runtime": "onnxruntime", "batch": 1, "layer": lp.name,
+             "choice": choice_label(c), "ms": 0.5 if c["weight_bits"] else 1.0}
+            for lp in space.layers for c in lp.candidates
+        ]
+    }  # fmt: skip
+
+    def int8_plan(damaging: str):
+        rows = [{"layer": lp.name, "choice": choice_label(c), "agreement": 1.0,
+                 "kl": 5.0 if lp.name == damaging else 0.0}
+                for lp in space.layers for c in lp.candidates if c["activation_bits"]]  # fmt: skip
+        return searched(space, {"examples": 100, "layers": rows}, DamageModel(TOY_LOGITS),
+                        table, recipe.plan, runtimes, mode="int8")  # fmt: skip
+
+    plan = int8_plan("a")
+    assert {lp.name for lp in plan.layers if lp.activation_bits} == {"b", "c", "head"}
+    assert plan.search["moves"][0].endswith("-> float (left out of the int8 region)")
+    assert plan.search["predicted_drop_pts"] <= plan.search["budget_pts"]
+    assert int8_plan("b") is None

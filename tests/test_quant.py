@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -155,3 +157,32 @@ def test_an_output_observer_spends_its_codes_within_the_following_activation():
     torch.testing.assert_close(
         act(x).clamp(0, 6), act(x.clamp(0, 6)), rtol=0, atol=0
     )  # quantizing before the ReLU6 is quantizing after it
+
+
+@pytest.mark.parametrize(
+    "layer", [torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.Linear(16, 8)], ids=["conv", "linear"]
+)
+def test_calibration_takes_each_quantized_layers_mean_output_error_off_its_bias(layer):
+    """Inputs with a large mean beside small variations (behind ReLU6 and folded BatchNorm):
+    weight rounding shifts every output; the corrected layer's mean error is zero, exactly."""
+    from edgekd.distill.train import calibrate
+
+    torch.manual_seed(0)
+    shape = (256, 4, 6, 6) if isinstance(layer, torch.nn.Conv2d) else (256, 16)
+    x = 5 + 0.1 * torch.randn(shape)
+    reference = copy.deepcopy(layer)
+    model = torch.nn.Sequential(layer)
+    make_quant(layer, WeightFormat(4, False, None), activations=True)
+    channels = (0, 2, 3) if x.dim() == 4 else (0,)
+
+    def mean_error() -> torch.Tensor:
+        with torch.no_grad():
+            return (model(x) - reference(x)).mean(channels)
+
+    calibrate(model, x.numpy(), 64)
+    corrected = mean_error()
+    with torch.no_grad():
+        layer.bias.copy_(reference.bias)
+    uncorrected = mean_error()
+    assert uncorrected.abs().max() > 0.05  # W4 on inputs near 5: a shift of tenths
+    torch.testing.assert_close(corrected, torch.zeros_like(corrected), atol=1e-4, rtol=0)

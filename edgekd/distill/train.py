@@ -15,6 +15,7 @@ from ..errors import StageError
 from ..evaluate import accuracy, predict, torch_fn
 from ..prune.sparsity import reapply_masks
 from ..quant import ActQuant
+from ..quant.bias import correct_student
 from ..recipe import DistillRecipe
 from .losses import kd_loss
 
@@ -34,8 +35,8 @@ def distill(
     """Train in place; keep the weights of the epoch with the best validation score (accuracy,
     or agreement on unlabelled data; ties go to the lower KL to the teacher).
 
-    Epoch 0 is the quantized student before any training, its activation ranges calibrated on
-    the training data (post-training quantization): a candidate like every epoch, so
+    Epoch 0 is the quantized student before any training, its activation ranges calibrated and
+    its biases corrected on the training data (post-training quantization): a candidate like every epoch, so
     distillation can only keep or improve on it. Training stops after ``cfg.patience`` epochs
     without a better score, and does not start when every probed rate (``lr: auto``) left the
     student further from the teacher than it began."""
@@ -140,7 +141,8 @@ def distill(
 
 @torch.no_grad()
 def calibrate(student: nn.Module, x: np.ndarray, batch_size: int) -> None:
-    """One pass over ``x`` with only the activation observers in training mode."""
+    """One pass over ``x`` with only the activation observers in training mode, then one that
+    takes each quantized layer's mean output error off its bias (``quant.bias``)."""
     student.eval()
     for module in student.modules():  # after eval(): a quantizer two layers share stays on
         if isinstance(module, ActQuant):
@@ -148,3 +150,4 @@ def calibrate(student: nn.Module, x: np.ndarray, batch_size: int) -> None:
     for start in range(0, len(x), batch_size):
         student(torch.from_numpy(x[start : start + batch_size]))
     student.eval()
+    correct_student(student, x, batch_size)

@@ -30,6 +30,7 @@ from ..plan.damage import LOGITS
 from ..prune.sparsity import apply_2of4
 from ..prune.structured import prune_channels
 from ..quant import ActQuant, WeightFormat, fold_batchnorm, quantize_weight
+from ..quant.bias import correct_bias, mean_inputs
 from ..quant.fake import search_clip
 
 CALIBRATION = 256  # inputs at most: enough to rank layers
@@ -46,13 +47,17 @@ def run(ctx: Context) -> Context:
     n = int(min(len(x), max(MIN_CALIBRATION, SECONDS / (per_input * max(len(choices), 1)))))
     x, reference = x[:n], reference[:n]
     folded = fold_batchnorm(copy.deepcopy(ctx.teacher).eval(), ctx.example)  # once: slow on CNNs
-    ranges = _input_ranges(folded, [lp.name for lp in ctx.space.layers], x)
+    names = [lp.name for lp in ctx.space.layers]
+    ranges = _input_ranges(folded, names, x)
+    means = mean_inputs(folded, names, x, len(x))  # for bias correction, as calibration does
     rows, unmeasured = [], []
     for lp, choice, part in choices:
         if lp.name not in ranges:  # e.g. attention's out_proj, used without calling the module
             unmeasured.append({"layer": lp.name, "choice": choice, "reason": "not called"})
             continue
-        model, coupled = _apply(ctx.teacher, folded, ctx.space, lp, part, ctx.example, ranges)
+        model, coupled = _apply(
+            ctx.teacher, folded, ctx.space, lp, part, ctx.example, ranges, means
+        )
         if coupled and set(part) == {"keep_ratio"}:
             unmeasured.append({"layer": lp.name, "choice": choice, "reason": coupled})
             continue
@@ -122,6 +127,7 @@ def _apply(
     part: dict,
     example,
     ranges: dict[str, tuple[float, float]],
+    means: dict[str, tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[nn.Module, str | None]:
     """A copy of the teacher with ``part`` of a choice (any of CHOICE_FIELDS) applied to
     ``lp``'s layer alone (no ``torch.no_grad`` here: Torch-Pruning traces its dependency graph
@@ -130,7 +136,8 @@ def _apply(
 
     ``folded``: the teacher with BatchNorm folded, which computes the same function. A 2:4 mask
     is the same on folded weights: folding scales whole output channels, and each group of 4
-    lies within one."""
+    lies within one. Quantized weights get the bias correction calibration gives the student
+    (``quant.bias``), from the layer's mean input on the calibration inputs."""
     coupled = None
     keep = part.get("keep_ratio", 1.0)
     if keep >= 1.0:
@@ -155,8 +162,12 @@ def _apply(
     if part.get("weight_bits") is not None:
         fmt = WeightFormat(part["weight_bits"], part["symmetric"], part["block_size"])
         clip = search_clip(layer.weight, fmt)  # the clipping distillation starts from
+        weight = layer.weight.detach().clone()
         with torch.no_grad():
             layer.weight.copy_(quantize_weight(layer.weight, fmt, clip).dequantize())
+        if lp.name in means:
+            mean = means[lp.name][0]
+            correct_bias(layer, weight, layer.weight, (mean, mean))
     if part.get("activation_bits") is not None:
         _quantize_input(layer, *ranges[lp.name], bool(part.get("activation_symmetric")))
     return model, coupled
