@@ -126,9 +126,11 @@ def _run_facts(run: Path, status: str, seconds: float) -> dict:
     report = json.loads(report_path.read_text())
     facts["size"] = f"{report['student']['compression_ratio']:.2f}x"
     facts["predicted"] = {  # the plan's graph timed whole before training, else the layer sum
-        f"{p['where'].split('/')[-1]}": f"{1 / ratio:.2f}x"
+        p["where"].split("/")[-1]: f"{1 / whole:.2f}x"
+        if (whole := p.get("whole_student_over_teacher"))
+        else f"{1 / p['planned_over_float']:.2f}x (layer sum)"
         for p in report.get("latency_prediction", [])
-        if (ratio := p.get("whole_student_over_teacher") or p.get("planned_over_float"))
+        if p.get("whole_student_over_teacher") or p.get("planned_over_float")
     }
     manifest = json.loads((run / "manifest.json").read_text())
     slow = {

@@ -240,8 +240,11 @@ def _fingerprints(recipe, targets, space, teacher, data) -> dict[str, str]:
 
 
 def _plan_fingerprint(ctx: Context) -> str:
-    """The candidates and runtimes the plan is resolved from, the budget, and the round."""
-    return _fingerprint(ctx.space.to_dict(), ctx.recipe.plan, ctx.round, ctx.budget_pts)
+    """The candidates and runtimes the plan is resolved from, the budget, the round, and the
+    quantization the candidate plans are built with to be timed whole."""
+    return _fingerprint(
+        ctx.space.to_dict(), ctx.recipe.plan, ctx.round, ctx.budget_pts, QUANT_FORMAT
+    )
 
 
 def _inputs(ctx: Context, name: str) -> dict[str, str]:

@@ -192,6 +192,17 @@ def test_the_next_round_budget_follows_the_measured_drop():
     assert next_budget(history, 1.0) == pytest.approx(21.25)
 
 
+def _int8_halves_time(space, target) -> dict:
+    """A toy latency table on ONNX Runtime: every low-bit candidate takes half the float time."""
+    return {
+        "layers": [
+            {"target": target.name, "runtime": "onnxruntime", "batch": 1, "layer": lp.name,
+             "choice": choice_label(c), "ms": 0.5 if c["weight_bits"] else 1.0}
+            for lp in space.layers for c in lp.candidates
+        ]
+    }  # fmt: skip
+
+
 class Chain(torch.nn.Module):
     """a -> ReLU -> b -> ReLU -> c: b reads a's output alone and c reads b's."""
 
@@ -231,13 +242,7 @@ def test_a_float_layer_between_int8_layers_gets_int8_weights_where_onnxruntime_r
         "layers": [{"layer": lp.name, "choice": w8a8, "kl": 5.0 if lp.name == "b" else 0.0,
                     "agreement": 1.0} for lp in space.layers],
     }  # fmt: skip
-    table = {
-        "layers": [
-            {"target": target.name, "runtime": "onnxruntime", "batch": 1, "layer": lp.name,
-             "choice": choice_label(c), "ms": 0.5 if c["weight_bits"] else 1.0}
-            for lp in space.layers for c in lp.candidates
-        ]
-    }  # fmt: skip
+    table = _int8_halves_time(space, target)
 
     def chosen(runtimes):
         plan = searched(space, sensitivity, DamageModel(TOY_LOGITS), table, recipe.plan, runtimes)
@@ -391,13 +396,7 @@ def test_the_int8_mode_leaves_the_most_damaging_layers_float_but_never_a_gap_bet
     recipe = load_recipe("auto", ["plan.max_accuracy_drop=1"])
     space = resolve_plan(recipe, [target], Chain().eval(), torch.rand(2, 1, 8, 8))
     runtimes = [(target, rt) for rt in target.runtimes]
-    table = {
-        "layers": [
-            {"target": target.name, "runtime": "onnxruntime", "batch": 1, "layer": lp.name,
-             "choice": choice_label(c), "ms": 0.5 if c["weight_bits"] else 1.0}
-            for lp in space.layers for c in lp.candidates
-        ]
-    }  # fmt: skip
+    table = _int8_halves_time(space, target)
 
     def int8_plan(damaging: str):
         rows = [{"layer": lp.name, "choice": choice_label(c), "agreement": 1.0,
