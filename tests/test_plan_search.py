@@ -337,6 +337,20 @@ def test_a_plan_that_cannot_be_built_is_left_out_of_the_timing_with_its_reason(
     assert logged == ["  the int8 plan, not timed whole: its export failed: unsupported op Foo"]
 
 
+def test_a_search_that_finds_nothing_to_compress_fails_in_one_line_and_starts_no_round(
+    monkeypatch,
+):
+    import edgekd.plan as plan_stage
+    from edgekd.errors import BudgetMiss
+
+    monkeypatch.setattr(plan_stage, "search", lambda ctx, budget: {})  # every plan a no-op
+    ctx = SimpleNamespace(recipe=load_recipe("auto"), budget_pts=None, round=0)
+    with pytest.raises(BudgetMiss, match=r"no plan compresses any layer within 10\.00 pts"):
+        plan_stage.run(ctx)
+    monkeypatch.setattr(rounds, "search", lambda ctx, budget: {})
+    assert not rounds._changes_plan(SimpleNamespace(plan=None), 5.0)
+
+
 def test_after_a_round_that_lost_too_much_only_plans_predicted_to_lose_less_compete():
     def plan(pts):
         return SimpleNamespace(search={"predicted_drop_pts": pts})

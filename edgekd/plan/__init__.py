@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..atomic import write_json
-from ..errors import StageError
+from ..errors import BudgetMiss, StageError
 from .damage import LOGITS, DamageModel
 from .resolve import (
     CHOICE_FIELDS,
@@ -54,18 +54,26 @@ __all__ = [
     "CHOICE_FIELDS", "COMPRESSIBLE", "MODES", "LayerPlan", "Plan", "Traced", "below", "choice_label",
     "choice_of", "choices", "digest",
     "format_label", "kept_shape", "part_labels", "predicted_latency",
-    "resolve_plan", "run", "search", "searched", "sparsity_ineligible", "trace_layers",
+    "resolve_plan", "run", "search", "searched", "sparsity_ineligible", "trace_layers", "untimed_pick",
 ]  # fmt: skip
 
 
 # "mixed": each layer's candidates as the tables rank them; "float": no int8 activations (channels
-# and weight-only formats); "int8": int8 on every layer that has an int8 candidate, then channels.
+# and weight-only formats); "int8": one int8 region (``_relax_int8``), then channels.
 MODES = ("mixed", "float", "int8")
 
 
 def run(ctx: Context) -> Context:
     if ctx.recipe.plan.search:
-        plan = _pick(ctx, search(ctx, ctx.budget_pts))
+        plans = search(ctx, ctx.budget_pts)
+        if not plans:
+            budget = ctx.budget_pts or _default_budget(ctx.recipe.plan, ctx.round)
+            raise BudgetMiss(
+                f"no plan compresses any layer within {budget:.2f} pts of predicted damage: every "
+                "candidate of every layer costs more alone; loosen plan.max_accuracy_drop or "
+                "plan.recovery"
+            )
+        plan = _pick(ctx, plans)
         found = plan.search
         ctx.log(
             f"  round {found['round'] + 1}: predicted drop {found['predicted_drop_pts']:.2f} of "
@@ -82,6 +90,11 @@ def run(ctx: Context) -> Context:
     write_json(ctx.out("plan.json"), plan.to_dict())
     ctx.metrics.update(choices=dict(Counter(choice_label(choice_of(lp)) for lp in plan.layers)))
     return ctx
+
+
+def _default_budget(cfg: Any, round_: int) -> float:
+    """Points of predicted damage a round searches within when the rounds set none."""
+    return cfg.max_accuracy_drop * cfg.recovery / 2**round_
 
 
 def search(ctx: Context, budget: float | None) -> dict[str, Plan]:
@@ -109,7 +122,12 @@ def search(ctx: Context, budget: float | None) -> dict[str, Plan]:
     plans: dict[str, Plan] = {}
     for mode in modes:
         plan = searched(*tables, mode=mode)
-        if plan and all(choices(plan) != choices(p) for p in plans.values()):
+        # a plan that changes no layer is the teacher: timed whole it ties within noise
+        if (
+            plan
+            and plan.search["moves"]
+            and all(choices(plan) != choices(p) for p in plans.values())
+        ):
             plans[mode] = plan
     missed = [r["predicted_drop_pts"] for r in history(ctx)
               if r["measured_drop_pts"] > ctx.recipe.plan.max_accuracy_drop]  # fmt: skip
@@ -123,14 +141,19 @@ def below(plans: dict[str, Plan], failed_pts: float) -> dict[str, Plan]:
     return under or {mode: plans[mode] for mode in plans if drop[mode] == min(drop.values())}
 
 
+def untimed_pick(plans: dict[str, Plan]) -> str:
+    """The mode picked when nothing is timed whole: the tables' own ranking (``mixed``)."""
+    return "mixed" if "mixed" in plans else next(iter(plans))
+
+
 def _pick(ctx: Context, plans: dict[str, Plan]) -> Plan:
     """The candidate whose whole graph runs fastest (``whole.fastest``); the table's own
-    ("mixed") when there is one candidate or no target runtime runs here."""
+    (``untimed_pick``) when there is one candidate or no target runtime runs here."""
     from .whole import fastest, time_plans  # they build with prune and export, which import us
 
     speedups = time_plans(ctx, plans) if len(plans) > 1 else {}
     compared = {mode: digest(plan) for mode, plan in plans.items()}
-    best = fastest(speedups, ctx.recipe.plan.latency_target) if speedups else "mixed"
+    best = fastest(speedups, ctx.recipe.plan.latency_target) if speedups else untimed_pick(plans)
     for mode, got in speedups.items():
         ctx.log(
             f"  {mode} precision, timed whole: "
@@ -176,7 +199,7 @@ def searched(
 
     options = {lp.name: options_of(lp, mode) for lp in space.layers}
     if budget is None:
-        budget = cfg.max_accuracy_drop * cfg.recovery / 2**round_
+        budget = _default_budget(cfg, round_)
     moves: list[str] = []
     if mode == "int8":
         floats = {lp.name: options_of(lp, "float") for lp in space.layers}

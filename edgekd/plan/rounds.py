@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from . import digest, search
+from . import digest, search, untimed_pick
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -129,8 +129,10 @@ def _changes_plan(ctx: Context, budget: float) -> bool:
     same plan measures nothing new. Plans already compared, one of them the current pick, give
     the same pick; with nothing timed whole, the table's own (``mixed``) plan is the pick."""
     found = search(ctx, budget)
+    if not found:  # nothing to compress within it
+        return False
     if not ctx.plan.search.get("whole"):
-        return "mixed" not in found or digest(found["mixed"]) != digest(ctx.plan)
+        return digest(found[untimed_pick(found)]) != digest(ctx.plan)
     new = {digest(plan) for plan in found.values()}
     return not (
         new <= set(ctx.plan.search.get("compared", {}).values()) and digest(ctx.plan) in new
