@@ -49,6 +49,13 @@ def test_accuracy_budget_counts_the_worst_of_pytorch_and_the_exports():
     assert judge(_report(), PlanRecipe(max_accuracy_drop=2.5))["passed"]
 
 
+def test_a_drop_exactly_at_the_budget_meets_it():
+    """8 flips in 160 are 5 points, though 1.0 - 152/160 is 0.05000000000000004 in floats."""
+    report = _report(teacher=1.0, student=152 / 160, examples=160)
+    report["verify"] = []
+    assert judge(report, PlanRecipe(max_accuracy_drop=5))["passed"]
+
+
 def test_latency_is_judged_only_when_speed_was_asked_for():
     assert judge(_report(), PlanRecipe(max_accuracy_drop=5))["latency"] == []
     verdict = judge(_report(), PlanRecipe(max_accuracy_drop=5, objective="latency"))
