@@ -15,11 +15,11 @@ def test_interleaved_measurement_ranks_slow_above_fast():
     assert stats["slow"].p50 > 5 * stats["fast"].p50
 
 
-def test_calls_run_round_robin_after_warmup():
+def test_calls_run_round_robin_after_warmup_each_round_reversing_the_order():
     order: list[str] = []
     calls = {key: (lambda key=key: order.append(key)) for key in "abc"}
     stats = measure_interleaved(calls, warmup=2, min_runs=3, min_seconds=0)
-    assert order == list("abc") * 5
+    assert order == list("abc") * 2 + list("abccbaabc")  # each call after both neighbours
     assert all(s.runs == 3 for s in stats.values())
 
 

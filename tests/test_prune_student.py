@@ -86,6 +86,10 @@ def test_an_auto_learning_rate_is_the_probed_rate_that_stays_closest_to_the_teac
 
     student = copy.deepcopy(tiny)
     fold_batchnorm(student, example)
+    torch.manual_seed(0)
+    with torch.no_grad():  # far from its teacher, so that some rate brings it closer
+        for weight in student.parameters():
+            weight.add_(0.5 * weight.std() * torch.randn_like(weight))
     prepare_qat(student, _plan(tiny, example, "default"))
     lines: list[str] = []
     cfg = load_recipe("default", ["distill.epochs=2", "distill.lr=auto"]).distill
