@@ -280,9 +280,8 @@ def _run_stage(
 # 2: weight clipping; 3: int8 outputs; 4: outputs within the activation; 5: uint8, chained;
 # 6: shared quantizers calibrated; 7: weight scales floored; 8: biases corrected
 QUANT_FORMAT = 8
-SENSITIVITY_FORMAT = (
-    3  # 2: the teacher's calibration logits saved beside the rows; 3: bias corrected
-)
+# 2: the teacher's calibration logits saved beside the rows; 3: quantized weights bias corrected
+SENSITIVITY_FORMAT = 3
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -36,8 +36,8 @@ def distill(
     or agreement on unlabelled data; ties go to the lower KL to the teacher).
 
     Epoch 0 is the quantized student before any training, its activation ranges calibrated and
-    its biases corrected on the training data (post-training quantization): a candidate like every epoch, so
-    distillation can only keep or improve on it. Training stops after ``cfg.patience`` epochs
+    its biases corrected on the training data (post-training quantization): a candidate like
+    every epoch, so distillation can only keep or improve on it. Training stops after ``cfg.patience`` epochs
     without a better score, and does not start when every probed rate (``lr: auto``) left the
     student further from the teacher than it began."""
     torch.manual_seed(cfg.seed)
