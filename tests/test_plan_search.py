@@ -15,6 +15,7 @@ from edgekd.models.demo import demo_teacher
 from edgekd.plan import (
     Plan,
     below,
+    candidates,
     choice_label,
     choice_of,
     digest,
@@ -279,6 +280,23 @@ def test_each_precision_mode_searches_its_own_plan(tiny, example):
     costly = [{**r, "kl": 50.0} if r["choice"].endswith("A8") else r for r in sensitivity["layers"]]
     costly = {**sensitivity, "layers": costly}
     assert plan(costly, "int8") is None and not int8(plan(costly, "mixed"))
+
+
+def test_an_int8_plan_with_nothing_to_relax_competes_and_the_teacher_never_does(tiny, example):
+    """The int8 mode starts from int8 everywhere, so a plan that fits its budget whole has no
+    moves; it still changes every layer (Lite0 on ImageNet crops lost it to a no-op filter)."""
+    target = load_target("x86-cpu-vnni")
+    recipe = load_recipe("auto", ["plan.max_accuracy_drop=1"])
+    space = resolve_plan(recipe, [target], tiny, example)
+    sensitivity, table = _tables(space)
+    rows = [{**r, "kl": 50.0} if "keep" in r["choice"] else r for r in sensitivity["layers"]]
+    sensitivity = {**sensitivity, "layers": rows}  # no channels fit: int8 is the whole plan
+    runtimes = [(target, rt) for rt in target.runtimes]
+    found = {mode: searched(space, sensitivity, DamageModel(TOY_LOGITS), table, recipe.plan,
+                            runtimes, mode=mode) for mode in ("mixed", "float", "int8")}  # fmt: skip
+    assert found["int8"].search["moves"] == [] and found["float"].search["moves"] == []
+    # the float mode's plan is the teacher itself; the int8 one changes every layer
+    assert list(candidates({"float": found["float"], "int8": found["int8"]})) == ["int8"]
 
 
 def test_the_int8_modes_own_starting_damage_counts_against_the_budget(tiny, example):

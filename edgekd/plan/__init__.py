@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # context.py imports the plan types from here
     from ..context import Context
 
 __all__ = [
-    "CHOICE_FIELDS", "COMPRESSIBLE", "MODES", "LayerPlan", "Plan", "Traced", "below", "choice_label",
+    "CHOICE_FIELDS", "COMPRESSIBLE", "MODES", "LayerPlan", "Plan", "Traced", "below", "candidates", "choice_label",
     "choice_of", "choices", "digest",
     "format_label", "kept_shape", "part_labels", "predicted_latency",
     "resolve_plan", "run", "search", "searched", "sparsity_ineligible", "trace_layers", "untimed_pick",
@@ -119,19 +119,25 @@ def search(ctx: Context, budget: float | None) -> dict[str, Plan]:
         budget,
     )
     modes = MODES if ctx.recipe.plan.objective == "latency" else ("mixed",)
-    plans: dict[str, Plan] = {}
-    for mode in modes:
-        plan = searched(*tables, mode=mode)
-        # a plan that changes no layer is the teacher: timed whole it ties within noise
-        if (
-            plan
-            and plan.search["moves"]
-            and all(choices(plan) != choices(p) for p in plans.values())
-        ):
-            plans[mode] = plan
+    plans = candidates({mode: searched(*tables, mode=mode) for mode in modes})
     missed = [r["predicted_drop_pts"] for r in history(ctx)
               if r["measured_drop_pts"] > ctx.recipe.plan.max_accuracy_drop]  # fmt: skip
     return below(plans, min(missed)) if missed else plans
+
+
+def candidates(found: dict[str, Plan | None]) -> dict[str, Plan]:
+    """The modes' plans that change some layer, each plan once (under the first mode that found
+    it). A plan that changes no layer is the teacher: timed whole it ties within noise. Its
+    moves do not tell: the int8 mode starts from int8 and moves only the layers it relaxes."""
+    plans: dict[str, Plan] = {}
+    for mode, plan in found.items():
+        if (
+            plan
+            and set(choices(plan).values()) != {"float"}
+            and all(choices(plan) != choices(p) for p in plans.values())
+        ):
+            plans[mode] = plan
+    return plans
 
 
 def below(plans: dict[str, Plan], failed_pts: float) -> dict[str, Plan]:
