@@ -67,7 +67,11 @@ def judge(report: dict[str, Any], plan: Any) -> dict[str, Any]:
         for s in report["speedups"]:
             measured = 1 / s["speedup_p50"]  # student p50 / teacher p50
             ok = measured <= ratio * (1 + LATENCY_NOISE)
-            latency.append({**s, "student_over_teacher": measured, "ok": ok})
+            floor = 1 / s["floor_speedup"] if s.get("floor_speedup") else None
+            reachable = floor is None or floor <= ratio * (1 + LATENCY_NOISE)
+            latency.append(
+                {**s, "student_over_teacher": measured, "ok": ok, "reachable": reachable}
+            )
         slow = [row for row in latency if not row["ok"]]
         if slow:
             worst = max(slow, key=lambda row: row["student_over_teacher"])
@@ -75,6 +79,7 @@ def judge(report: dict[str, Any], plan: Any) -> dict[str, Any]:
                 f"student p50 is {worst['student_over_teacher']:.2f}x the teacher's on "
                 f"{worst['target']}/{worst['runtime']} at batch {worst['batch']} (budget "
                 f"{ratio:g}x; {len(slow)} of {len(latency)} runtime/batch pairs miss it)"
+                + _floor_note([row for row in slow if not row["reachable"]])
             )
     return {
         "objective": plan.objective,
@@ -87,3 +92,16 @@ def judge(report: dict[str, Any], plan: Any) -> dict[str, Any]:
         "failures": failures,
         "passed": not failures,
     }
+
+
+def _floor_note(unreachable: list[dict[str, Any]]) -> str:
+    """Where the runtime's call floor alone misses the budget, no plan can meet it: say so."""
+    if not unreachable:
+        return ""
+    row = max(unreachable, key=lambda r: 1 / r["floor_speedup"])
+    return (
+        f"; no plan can meet it on {len(unreachable)} of them: there a graph that computes "
+        f"nothing already takes {1 / row['floor_speedup']:.2f}x the teacher's p50 "
+        f"({row['target']}/{row['runtime']} at batch {row['batch']}, {row['floor_ms']:.3f} ms "
+        "per call)"
+    )

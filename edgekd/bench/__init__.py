@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from ..atomic import write_json
+import numpy as np
+import onnx
+
+from ..atomic import atomic_path, write_json
 from ..context import Context
-from ..errors import StageError
+from ..errors import EdgeKDError, StageError
+from ..evaluate import max_batch
 from ..runtimes import get_runtime
 from .environment import describe_environment
+from .floor import null_graph
 from .reality import compare_with_plan, deployed_check
 from .timing import batch_of, measure_interleaved
 
@@ -26,7 +31,8 @@ def run(ctx: Context) -> Context:
     with np.load(reference_file) as saved:
         reference = dict(saved)
     gate = ctx.recipe.verify.min_agreement
-    results, runtimes, executed, layers, mismatches = [], {}, [], [], []
+    floor_onnx = _floor_graph(ctx)
+    results, runtimes, executed, layers, mismatches, floors = [], {}, [], [], [], []
     for target in ctx.targets:
         for rt in target.runtimes:
             pair = {m: artifacts.get((m, rt.name)) for m in precision}
@@ -53,14 +59,22 @@ def run(ctx: Context) -> Context:
                     m: deployed_check(s, ctx.data.test.x, reference[m]) for m, s in sessions.items()
                 }
                 _log_reality(ctx, f"{target.name}/{rt.name}", deployed, found, gate)
+                floor = _floor_session(ctx, f"{target.name}/{rt.name}", runtime, floor_onnx)
             for batch in cfg.batches:
                 stats = {}
                 if sessions:
                     x = batch_of(ctx.data.test.x, batch)
                     calls = {m: s.bound(x) for m, s in sessions.items()}
+                    if floor is not None:
+                        calls["floor"] = floor.bound(x)
                     stats = measure_interleaved(
                         calls, warmup=cfg.warmup, min_runs=cfg.min_runs, min_seconds=cfg.min_seconds
                     )
+                    if "floor" in stats:
+                        floors.append(
+                            {"target": target.name, "runtime": rt.name, "batch": batch,
+                             "p50_ms": stats["floor"].p50}
+                        )  # fmt: skip
                 for model in precision:
                     check = checks.get((model, rt.name), {})
                     row = {
@@ -102,6 +116,7 @@ def run(ctx: Context) -> Context:
             "executed": executed,
             "layers": layers,
             "mismatches": mismatches,
+            "floors": floors,
             "runtimes": runtimes,
             "environment": describe_environment(),
         },
@@ -112,6 +127,31 @@ def run(ctx: Context) -> Context:
         mismatches=len(mismatches),
     )
     return ctx
+
+
+def _floor_graph(ctx: Context) -> Path | None:
+    """The teacher's call floor graph (``floor.py``), or None (logged) when it has none."""
+    null = null_graph(onnx.load(ctx.path_of("export", "teacher.onnx"), load_external_data=False))
+    if null is None:
+        ctx.log("  no call floor timed: the teacher's outputs have no static shape")
+        return None
+    path = ctx.out("floor.onnx")
+    with atomic_path(path) as tmp:
+        onnx.save(null, tmp)
+    return path
+
+
+def _floor_session(ctx: Context, where: str, runtime, floor_onnx: Path | None):
+    """The floor graph opened as deployed, or None (logged) when this runtime cannot build it."""
+    if floor_onnx is None:
+        return None
+    dest = ctx.out(f"floor-{where.replace('/', '-')}{runtime.artifact_suffix}")
+    try:
+        built = runtime.build(floor_onnx, dest, max_batch(ctx.recipe.bench.batches))
+        return runtime.open(built, ctx.recipe.bench.threads, "deploy")
+    except EdgeKDError as exc:
+        ctx.log(f"  {where}: no call floor timed ({exc.message})")
+        return None
 
 
 def _log_reality(ctx: Context, where: str, deployed: dict, mismatches: list, gate: float) -> None:

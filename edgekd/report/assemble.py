@@ -65,7 +65,7 @@ def assemble(ctx: Context) -> dict[str, Any]:
         "deployed_below_gate": deployed_below_gate(
             bench["results"], ctx.recipe.verify.min_agreement
         ),
-        "speedups": speedups(bench["results"]),
+        "speedups": speedups(bench["results"], bench.get("floors", [])),
         "environment": {**bench["environment"], "runtimes": bench["runtimes"]},
         "stage_seconds": {name: rec.get("seconds") for name, rec in stages.items()},
         "test_examples": verify["examples"],
@@ -97,8 +97,11 @@ def prediction_vs_measurement(layers: list[dict], plan: Plan, measured: list[dic
     ]
 
 
-def speedups(results: list[dict]) -> list[dict]:
-    """Teacher p50 / student p50 per target, runtime and batch (measured in the same interleaved run)."""
+def speedups(results: list[dict], floors: list[dict]) -> list[dict]:
+    """Teacher p50 / student p50 per target, runtime and batch (measured in the same interleaved
+    run), and teacher p50 / the runtime's call floor (``bench/floor.py``): the most any student
+    could gain there (None where no floor was timed)."""
+    floor = {(f["target"], f["runtime"], f["batch"]): f["p50_ms"] for f in floors}
     rows = {
         (r["target"], r["runtime"], r["batch"], r["model"]): r
         for r in results
@@ -114,6 +117,10 @@ def speedups(results: list[dict]) -> list[dict]:
                     "runtime": runtime,
                     "batch": batch,
                     "speedup_p50": row["latency_ms"]["p50"] / student["latency_ms"]["p50"],
+                    "floor_ms": floor.get((target, runtime, batch)),
+                    "floor_speedup": row["latency_ms"]["p50"] / floor[(target, runtime, batch)]
+                    if (target, runtime, batch) in floor
+                    else None,
                 }
             )
     return out

@@ -45,6 +45,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             ],
             [_latency_row(r) for r in report["results"]],
         ),
+        *_floors(report["speedups"]),
         "",
         "## Predicted vs measured latency",
         "",
@@ -135,6 +136,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _floors(speedups: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        (s["target"], s["runtime"], s["batch"], f"{s['floor_ms']:.4f}",
+         f"{s['floor_speedup']:.1f}x", f"{s['speedup_p50']:.2f}x")
+        for s in speedups
+        if s.get("floor_ms") is not None
+    ]  # fmt: skip
+    if not rows:
+        return []
+    header = ["target", "runtime", "batch", "floor p50 ms", "teacher / floor", "teacher / student"]
+    return [
+        "",
+        "Call floor: a graph with the teacher's input and outputs that computes nothing "
+        "(`bench/floor.py`), timed in the same run. No student runs faster than it, so teacher "
+        "p50 / floor p50 is the most any plan can gain there.",
+        "",
+        *_table(header, rows),
+    ]
 
 
 def _prediction(rows: list[dict[str, Any]]) -> list[str]:

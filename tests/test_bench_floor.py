@@ -1,0 +1,87 @@
+"""The call floor: a graph with the teacher's signature that computes nothing, and the verdict
+that names it when no plan can meet a latency budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from edgekd.bench.floor import null_graph
+from edgekd.budget import judge
+from edgekd.export.torch_onnx import export_float
+from edgekd.models.demo import DigitsCNN
+from edgekd.recipe import PlanRecipe
+from edgekd.runtimes import get_runtime
+
+
+@pytest.mark.parametrize("runtime_name", ["onnxruntime", "openvino"])
+def test_the_floor_graph_has_the_teachers_signature_and_runs_in_each_runtime(
+    runtime_name, tmp_path
+):
+    teacher = export_float(DigitsCNN().eval(), torch.rand(2, 1, 8, 8))
+    null = null_graph(teacher)
+    onnx.checker.check_model(null, full_check=True)
+    assert {n.op_type for n in null.graph.node} <= {"Flatten", "Slice", "Reshape"}
+    assert [i.name for i in null.graph.input] == [teacher.graph.input[0].name]
+    assert [o.name for o in null.graph.output] == [o.name for o in teacher.graph.output]
+    onnx.save(null, tmp_path / "floor.onnx")
+    runtime = get_runtime(runtime_name)
+    built = runtime.build(tmp_path / "floor.onnx", tmp_path / f"floor{runtime.artifact_suffix}")
+    session = runtime.open(built, None, "deploy")
+    for batch in (1, 5):
+        x = np.random.default_rng(0).random((batch, 1, 8, 8), np.float32)
+        out = session.run(x)
+        assert out.shape == (batch, 10) and out.dtype == np.float32
+        np.testing.assert_array_equal(out, x.reshape(batch, -1)[:, :10])  # read, not computed
+        session.bound(x)()
+
+
+def _model(inputs: list[int | str], outputs: list[list[int | str]], out_type=TensorProto.FLOAT):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, inputs)
+    ys = [helper.make_tensor_value_info(f"y{i}", out_type, o) for i, o in enumerate(outputs)]
+    nodes = [helper.make_node("Identity", ["x"], ["y0"])]  # the body is never read
+    return helper.make_model(helper.make_graph(nodes, "m", [x], ys))
+
+
+def test_outputs_larger_than_the_input_are_padded_and_other_types_cast():
+    import onnxruntime as ort
+
+    null = null_graph(_model(["b", 3], [["b", 2, 4], ["b", 2]], TensorProto.INT64))
+    onnx.checker.check_model(null, full_check=True)
+    session = ort.InferenceSession(null.SerializeToString(), providers=["CPUExecutionProvider"])
+    big, small = session.run(None, {"x": np.ones((2, 3), np.float32)})
+    assert big.shape == (2, 2, 4) and big.dtype == np.int64 and small.shape == (2, 2)
+    assert big.reshape(2, -1).tolist() == [[1, 1, 1, 0, 0, 0, 0, 0]] * 2
+
+
+def test_no_floor_graph_for_outputs_without_a_static_shape():
+    assert null_graph(_model(["b", 3], [["b", "classes"]])) is None
+    assert null_graph(_model(["b", "tokens"], [["b", 2]])) is None
+
+
+def _report(speedup: float, floor_speedup: float | None) -> dict:
+    row = {"target": "x86-cpu", "runtime": "openvino", "batch": 1, "speedup_p50": speedup,
+           "floor_ms": 0.015 if floor_speedup else None, "floor_speedup": floor_speedup}  # fmt: skip
+    return {
+        "teacher": {"accuracy": 1.0},
+        "student": {"accuracy": 1.0},
+        "verify": [],
+        "test_examples": 1000,
+        "results": [],
+        "speedups": [row],
+    }
+
+
+def test_a_latency_budget_past_the_call_floor_is_named_as_unreachable():
+    plan = PlanRecipe(latency_target=0.5)
+    verdict = judge(_report(1.2, floor_speedup=1.6), plan)  # 2x asked, at most 1.6x possible
+    assert not verdict["passed"] and not verdict["latency"][0]["reachable"]
+    assert "no plan can meet it on 1 of them" in verdict["failures"][0]
+    assert "0.62x the teacher's p50" in verdict["failures"][0]
+    reachable = judge(_report(1.2, floor_speedup=5.0), plan)
+    assert not reachable["passed"] and reachable["latency"][0]["reachable"]
+    assert "no plan can" not in reachable["failures"][0]
+    assert judge(_report(1.2, floor_speedup=None), plan)["latency"][0]["reachable"]
