@@ -10,6 +10,7 @@ Run from the repository root::
 
     python benchmarks/plan_search.py                       # demo teacher, digits
     python benchmarks/plan_search.py --teachers lite0      # EfficientNet-Lite0 (see real_teachers)
+    python benchmarks/plan_search.py --teachers lite0-imagenet  # on ImageNet's own images
     python benchmarks/plan_search.py --recipes auto --set distill.epochs=3 --teachers lite0
 
 NNCF is not a dependency of edgekd: ``pip install nncf`` for its rows (skipped with a note if absent).
@@ -43,6 +44,7 @@ from edgekd.runtimes import get_runtime
 TEACHERS = {  # name -> (teacher spec, data spec)
     "demo": ("demo", "digits"),
     "lite0": ("benchmarks.real_teachers:lite0", "benchmarks.real_teachers:photo_crops"),
+    "lite0-imagenet": ("benchmarks.real_teachers:lite0", "benchmarks.real_teachers:imagenet_crops"),
 }
 RUNTIMES = ("onnxruntime", "openvino")
 

@@ -13,6 +13,8 @@ Use from the repository root, e.g.::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -50,18 +52,42 @@ def photos() -> list[Image.Image]:
     return [Image.fromarray(np.asarray(img, np.uint8)) for img in images]
 
 
+def imagenet_photos() -> list[Image.Image]:
+    """The 20 ImageNet images that ship inside the foolbox wheel (its ``data/`` folder; the label
+    is in each file name). Install without its dependencies, only the files are read:
+    ``pip install --no-deps foolbox``. Lite0's inputs as its users see them: where the photos
+    above are mostly out of its classes (textures, a page of text), these are its own."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("foolbox")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("imagenet_crops needs foolbox's images: pip install --no-deps foolbox")
+    folder = Path(spec.submodule_search_locations[0]) / "data"
+    return [Image.open(path).convert("RGB") for path in sorted(folder.glob("imagenet_*.jpg"))]
+
+
 def photo_crops(count: int = 400, size: int = 224, seed: int = 0):
     """``count`` random square crops (25-100% of the short side, flipped at random) of the
     photos above, resized to ``size`` and ImageNet-normalized; unlabelled, so the teacher's
     outputs are the targets. Split 50/10/40 into (train, val, test): a large test split keeps
     the agreement's interval narrow (160 crops: about +-3 pts at 95%). Crops of one photo land in
-    every split, so the test measures unseen crops, not unseen scenes."""
+    every split, so the test measures unseen crops, not unseen scenes. The teacher is unsure on
+    most of them (median top-1 probability 0.22): a hard, out-of-distribution test."""
+    return _crops(photos(), count, size, seed, smallest=0.25)
+
+
+def imagenet_crops(count: int = 400, size: int = 224, seed: int = 0):
+    """As ``photo_crops``, of ``imagenet_photos`` and 50-100% of the short side, as an
+    ImageNet training pipeline crops; unlabelled too (the pipeline is judged label-free)."""
+    return _crops(imagenet_photos(), count, size, seed, smallest=0.5)
+
+
+def _crops(sources: list[Image.Image], count: int, size: int, seed: int, smallest: float):
     rng = np.random.default_rng(seed)
-    sources = photos()
     crops = []
     for i in range(count):
         photo = sources[i % len(sources)]
-        side = int(min(photo.size) * rng.uniform(0.25, 1.0))
+        side = int(min(photo.size) * rng.uniform(smallest, 1.0))
         left = int(rng.integers(0, photo.size[0] - side + 1))
         top = int(rng.integers(0, photo.size[1] - side + 1))
         crop = photo.crop((left, top, left + side, top + side)).resize((size, size))
