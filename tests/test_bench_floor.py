@@ -9,12 +9,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from edgekd.bench.floor import null_graph
 from edgekd.budget import judge
 from edgekd.export.torch_onnx import export_float
 from edgekd.models.demo import DigitsCNN
 from edgekd.recipe import PlanRecipe
 from edgekd.runtimes import get_runtime
+from edgekd.runtimes.floor import null_graph
 
 
 @pytest.mark.parametrize("runtime_name", ["onnxruntime", "openvino"])

@@ -12,8 +12,8 @@ from ..context import Context
 from ..errors import EdgeKDError, StageError
 from ..evaluate import max_batch
 from ..runtimes import get_runtime
+from ..runtimes.floor import null_graph
 from .environment import describe_environment
-from .floor import null_graph
 from .reality import compare_with_plan, deployed_check
 from .timing import batch_of, measure_interleaved
 
@@ -130,7 +130,7 @@ def run(ctx: Context) -> Context:
 
 
 def _floor_graph(ctx: Context) -> Path | None:
-    """The teacher's call floor graph (``floor.py``), or None (logged) when it has none."""
+    """The teacher's call floor graph (``runtimes/floor.py``), or None (logged) when it has none."""
     null = null_graph(onnx.load(ctx.path_of("export", "teacher.onnx"), load_external_data=False))
     if null is None:
         ctx.log("  no call floor timed: the teacher's outputs have no static shape")

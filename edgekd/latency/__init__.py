@@ -4,9 +4,10 @@ MACs are not latency: an int4 conv is slower than a float one on every CPU runti
 int8 one is 2-3x faster with VNNI. So each compressible layer is built alone (``layer_onnx.py``)
 as each candidate leaves it (fewer channels, a weight format), opened in the runtime as users
 deploy it, and all its forms timed interleaved, at every bench batch size, on the runtimes this
-machine can stand in for. Beside them runs a graph that computes nothing on the same input: the
-cost of one call, which a whole model pays once, not once per layer, is taken off each form
-(on small layers it is most of their time: ~35 us per call in OpenVINO). Results are cached on disk by runtime version, CPU features, threads,
+machine can stand in for. Beside them runs a graph that computes nothing with the same input
+and output (``runtimes/floor.py``): the cost of one call, which a whole model pays once, not
+once per layer, is taken off each form (on small layers it is most of their time: ~35 us per
+call in OpenVINO). Results are cached on disk by runtime version, CPU features, threads,
 shapes and forms. Runtimes that cannot run here get a cost model from the target file (MACs times
 a factor per kernel kind), labelled as such. The plan stage searches this table; the report sets
 the prediction (the sum over layers) beside the whole-model latency bench measures.
@@ -33,14 +34,16 @@ from ..cpu import detect_cpu
 from ..models.demo import cache_dir
 from ..plan import COMPRESSIBLE, LayerPlan, choice_label, kept_shape
 from ..runtimes import get_runtime
-from .layer_onnx import LayerShape, WeightChoice, call_onnx, layer_onnx, output_shape
+from ..runtimes.floor import null_graph
+from .layer_onnx import LayerShape, WeightChoice, layer_onnx, output_shape
 
 __all__ = ["LayerShape", "WeightChoice", "fastest", "kept", "layer_onnx", "layer_shapes", "run"]
 
 
 # bump when layer_onnx or the timing changes (5: calls with the input bound once; 6: ONNX Runtime
-# sessions that do not spin; 7: rounds alternate their order; 8: OpenVINO's outputs not copied)
-FORMAT = 8
+# sessions that do not spin; 7: rounds alternate their order; 8: OpenVINO's outputs not copied;
+# 9: the call graph writes the layer's output shape, as ``runtimes.floor`` does for a model)
+FORMAT = 9
 
 
 def run(ctx: Context) -> Context:
@@ -222,8 +225,8 @@ def _timed(runtime, forms: dict[str, tuple[LayerShape, WeightChoice]], threads) 
         pass  # not measured yet, or a damaged entry: measure again
     sessions, inputs = {}, {}
     graphs = {label: (layer_onnx(shape, choice), shape) for label, (shape, choice) in forms.items()}
-    unpruned = max((shape for shape, _ in forms.values()), key=lambda shape: shape.input_shape)
-    graphs[CALL] = (call_onnx(unpruned.input_shape), unpruned)
+    widest = max(graphs.values(), key=lambda g: (g[1].input_shape, output_shape(g[1])))
+    graphs[CALL] = (null_graph(widest[0]), widest[1])
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, (graph, shape)) in enumerate(graphs.items()):
             source = Path(tmp) / f"{i}.onnx"

@@ -91,18 +91,6 @@ def layer_onnx(shape: LayerShape, choice: WeightChoice) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
 
 
-def call_onnx(input_shape: tuple[int, ...]) -> onnx.ModelProto:
-    """A graph that computes nothing on the layer's input: what one call of the runtime costs
-    (dispatch, input and output copies), timed beside the layer's forms and taken from them."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["output"])],
-        "call",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, input_shape)],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
-
-
 def output_shape(shape: LayerShape) -> tuple[int, ...]:
     if shape.op != "Conv":
         return (*shape.input_shape[:-1], shape.weight_shape[0])

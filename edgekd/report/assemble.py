@@ -99,7 +99,7 @@ def prediction_vs_measurement(layers: list[dict], plan: Plan, measured: list[dic
 
 def speedups(results: list[dict], floors: list[dict]) -> list[dict]:
     """Teacher p50 / student p50 per target, runtime and batch (measured in the same interleaved
-    run), and teacher p50 / the runtime's call floor (``bench/floor.py``): the most any student
+    run), and teacher p50 / the runtime's call floor (``runtimes/floor.py``): the most any student
     could gain there (None where no floor was timed)."""
     floor = {(f["target"], f["runtime"], f["batch"]): f["p50_ms"] for f in floors}
     rows = {

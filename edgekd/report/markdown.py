@@ -151,7 +151,7 @@ def _floors(speedups: list[dict[str, Any]]) -> list[str]:
     return [
         "",
         "Call floor: a graph with the teacher's input and outputs that computes nothing "
-        "(`bench/floor.py`), timed in the same run. No student runs faster than it, so teacher "
+        "(`runtimes/floor.py`), timed in the same run. No student runs faster than it, so teacher "
         "p50 / floor p50 is the most any plan can gain there.",
         "",
         *_table(header, rows),
