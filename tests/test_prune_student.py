@@ -114,3 +114,41 @@ def test_a_student_no_rate_brings_closer_to_the_teacher_is_kept_untrained(tiny, 
     assert any("kept untrained" in line for line in lines)
     for got, want in zip(student.parameters(), tiny.parameters(), strict=True):
         assert torch.equal(got, want)
+
+
+def test_the_student_trains_deterministically_with_its_ranges_as_calibrated(
+    tiny, example, monkeypatch
+):
+    """Training mode would add dropout, stochastic depth and observers that follow each batch:
+    noise that moved EfficientNet-Lite0 away from its teacher at every probed rate."""
+    from edgekd.data import load_data
+    from edgekd.distill import train
+    from edgekd.quant import ActQuant
+
+    student = copy.deepcopy(tiny)
+    fold_batchnorm(student, example)
+    torch.manual_seed(0)
+    with torch.no_grad():  # far from its teacher, so that it trains
+        for weight in student.parameters():
+            weight.add_(0.5 * weight.std() * torch.randn_like(weight))
+    prepare_qat(student, _plan(tiny, example, "default"))
+    modes: set[tuple[str, bool]] = set()
+    for module in student.modules():
+        module.register_forward_pre_hook(lambda m, _: modes.add((type(m).__name__, m.training)))
+    calibrated: dict[str, tuple[float, float]] = {}
+    calibrate = train.calibrate
+
+    def calibrate_and_keep(model, x, batch_size):
+        calibrate(model, x, batch_size)
+        for name, m in model.named_modules():
+            if isinstance(m, ActQuant):
+                calibrated[name] = (float(m.lo), float(m.hi))
+
+    monkeypatch.setattr(train, "calibrate", calibrate_and_keep)
+    cfg = load_recipe("default", ["distill.epochs=2", "distill.lr=1e-3"]).distill
+    result = train.distill(student, tiny, load_data("digits"), cfg, log=lambda _: None)
+    assert result["best_epoch"] >= 1  # the kept weights were trained
+    assert {name for name, training in modes if training} <= {"ActQuant"}  # calibration only
+    ranges = {n: (float(m.lo), float(m.hi)) for n, m in student.named_modules()
+              if isinstance(m, ActQuant)}  # fmt: skip
+    assert calibrated and ranges == calibrated

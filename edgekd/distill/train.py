@@ -39,7 +39,17 @@ def distill(
     its biases corrected on the training data (post-training quantization): a candidate like
     every epoch, so distillation can only keep or improve on it. Training stops after ``cfg.patience`` epochs
     without a better score, and does not start when every probed rate (``lr: auto``) left the
-    student further from the teacher than it began."""
+    student further from the teacher than it began.
+
+    The student trains in eval mode (gradients flow all the same; its BatchNorms are folded),
+    so its activation ranges stay as calibrated and the weights and biases learn to live with
+    them. What training mode adds is noise that matching a teacher does not want: dropout,
+    stochastic depth and observers that follow each batch. On EfficientNet-Lite0 (W8A8 on 49
+    layers, 200 ImageNet crops) every probed rate moved the student away from the teacher in
+    training mode (val KL 0.0036 before, 0.024 after 4 steps at 1e-5; 0.0040 with only the
+    observers in training mode) and toward it in eval mode (0.0028). Trained 3 epochs so, it
+    agreed with the teacher on 98.8% of the test crops (97.5% untrained); with the ranges
+    observed afresh after each epoch, no epoch beat the untrained student."""
     torch.manual_seed(cfg.seed)
     x = torch.from_numpy(data.train.x)
     y = None if data.train.y is None else torch.from_numpy(data.train.y)
@@ -77,7 +87,6 @@ def distill(
         start = copy.deepcopy(student.state_dict())
         batches = torch.randperm(len(x), generator=gen).split(cfg.batch_size)[:PROBE_STEPS]
         for rate in PROBE_LRS:
-            student.train()
             opt = torch.optim.AdamW(params, lr=rate, weight_decay=1e-4)
             train_steps(opt, batches, f"in the learning-rate probe (lr {rate:g})")
             probed[rate] = -score()[1]
@@ -107,7 +116,6 @@ def distill(
         )
     with progress("distill", epochs * steps_per_epoch) as advance:
         for epoch in range(1, epochs + 1):
-            student.train()
             batches = torch.randperm(len(x), generator=gen).split(cfg.batch_size)
             losses = train_steps(
                 opt, batches, f"at epoch {epoch}", after_step=lambda: (sched.step(), advance())
