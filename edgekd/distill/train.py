@@ -32,8 +32,12 @@ def distill(
     log: Callable[[str], None],
     progress: Progress = no_progress,
 ) -> dict:
-    """Train in place; keep the weights of the epoch with the best validation score (accuracy,
-    or agreement on unlabelled data; ties go to the lower KL to the teacher).
+    """Train in place; keep the weights of the epoch with the best validation score: accuracy
+    (ties go to the lower KL to the teacher) on labelled data, the KL to the teacher on
+    unlabelled data. Agreement is what the gate judges there, but on a small validation split
+    it moves in steps of one example, and KL is its smooth estimate: EfficientNet-Lite0's W8A8
+    student went from val KL 0.0081 to 0.0052 in 3 epochs while one of 40 val crops flipped,
+    and ranked by agreement it was kept untrained.
 
     Epoch 0 is the quantized student before any training, its activation ranges calibrated and
     its biases corrected on the training data (post-training quantization): a candidate like
@@ -123,7 +127,7 @@ def distill(
             val = score()
             history.append({"epoch": epoch, "loss": float(np.mean(losses)),
                             "val_accuracy": val[0], "val_kl": -val[1]})  # fmt: skip
-            if val >= best[0]:
+            if epoch_rank(val, data.labelled) >= epoch_rank(best[0], data.labelled):
                 best, best_epoch = (val, copy.deepcopy(student.state_dict())), epoch
             stopped = epoch < epochs and epoch - best_epoch >= cfg.patience
             if epoch == 1 or epoch % 5 == 0 or epoch == cfg.epochs or stopped:
@@ -145,6 +149,11 @@ def distill(
         "val_accuracy_before_training": history[0]["val_accuracy"],
         "history": history,
     }
+
+
+def epoch_rank(score: tuple[float, float], labelled: bool) -> tuple[float, ...]:
+    """What orders epochs, from their validation (accuracy or agreement, -KL): see ``distill``."""
+    return score if labelled else score[1:]
 
 
 @torch.no_grad()
