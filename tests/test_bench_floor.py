@@ -85,3 +85,18 @@ def test_a_latency_budget_past_the_call_floor_is_named_as_unreachable():
     assert not reachable["passed"] and reachable["latency"][0]["reachable"]
     assert "no plan can" not in reachable["failures"][0]
     assert judge(_report(1.2, floor_speedup=None), plan)["latency"][0]["reachable"]
+
+
+def test_bench_times_the_call_floor_beside_every_pair_it_times(demo_run):
+    import json
+
+    run = demo_run[0]
+    bench = json.loads((run / "bench" / "bench.json").read_text())
+    timed = {
+        (r["target"], r["runtime"], r["batch"]) for r in bench["results"] if r["status"] == "ok"
+    }
+    assert {(f["target"], f["runtime"], f["batch"]) for f in bench["floors"]} == timed
+    assert all(f["p50_ms"] > 0 for f in bench["floors"])
+    report = json.loads((run / "report.json").read_text())
+    assert all(s["floor_speedup"] > 0 and s["floor_ms"] > 0 for s in report["speedups"])
+    assert "Call floor" in (run / "report.md").read_text()
