@@ -63,7 +63,10 @@ def imagenet_photos() -> list[Image.Image]:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("imagenet_crops needs foolbox's images: pip install --no-deps foolbox")
     folder = Path(spec.submodule_search_locations[0]) / "data"
-    return [Image.open(path).convert("RGB") for path in sorted(folder.glob("imagenet_*.jpg"))]
+    images = [Image.open(path).convert("RGB") for path in sorted(folder.glob("imagenet_*.jpg"))]
+    if not images:
+        raise SystemExit(f"no imagenet_*.jpg in {folder}: reinstall foolbox (3.3.4 has 20)")
+    return images
 
 
 def photo_crops(count: int = 400, size: int = 224, seed: int = 0):

@@ -43,7 +43,8 @@ def _model(inputs: list[int | str], outputs: list[list[int | str]], out_type=Ten
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, inputs)
     ys = [helper.make_tensor_value_info(f"y{i}", out_type, o) for i, o in enumerate(outputs)]
     nodes = [helper.make_node("Identity", ["x"], ["y0"])]  # the body is never read
-    return helper.make_model(helper.make_graph(nodes, "m", [x], ys))
+    graph = helper.make_graph(nodes, "m", [x], ys)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def test_outputs_larger_than_the_input_are_padded_and_other_types_cast():
@@ -57,9 +58,19 @@ def test_outputs_larger_than_the_input_are_padded_and_other_types_cast():
     assert big.reshape(2, -1).tolist() == [[1, 1, 1, 0, 0, 0, 0, 0]] * 2
 
 
-def test_no_floor_graph_for_outputs_without_a_static_shape():
+def test_no_floor_graph_for_outputs_without_a_static_shape_or_a_batch_axis():
     assert null_graph(_model(["b", 3], [["b", "classes"]])) is None
     assert null_graph(_model(["b", "tokens"], [["b", 2]])) is None
+    assert null_graph(_model(["b", 3], [[]])) is None  # a scalar output
+    assert null_graph(_model(["b", 3], [["b", 0]])) is None  # no elements
+
+
+def test_the_floor_graph_keeps_the_models_ir_version_and_its_own_names_apart():
+    model = _model(["b", 3], [["b", 2]])
+    model.graph.output[0].name = "floor/flat"  # what its own Flatten would be named
+    null = null_graph(model)
+    onnx.checker.check_model(null, full_check=True)
+    assert null.ir_version == model.ir_version == 8
 
 
 def _report(speedup: float, floor_speedup: float | None) -> dict:

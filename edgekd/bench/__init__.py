@@ -39,7 +39,7 @@ def run(ctx: Context) -> Context:
             reason = target.unavailable_reason() or next(
                 (a["reason"] for a in pair.values() if a is None or a["status"] != "ok"), None
             )
-            sessions, deployed = {}, {}
+            sessions, deployed, floor = {}, {}, None
             if reason is None:
                 runtime = get_runtime(rt.name)
                 runtimes[rt.name] = runtime.describe()
@@ -133,7 +133,10 @@ def _floor_graph(ctx: Context) -> Path | None:
     """The teacher's call floor graph (``runtimes/floor.py``), or None (logged) when it has none."""
     null = null_graph(onnx.load(ctx.path_of("export", "teacher.onnx"), load_external_data=False))
     if null is None:
-        ctx.log("  no call floor timed: the teacher's outputs have no static shape")
+        ctx.log(
+            "  no call floor timed: the teacher's input and outputs need a batch axis and a "
+            "static, non-empty shape past it"
+        )
         return None
     path = ctx.out("floor.onnx")
     with atomic_path(path) as tmp:
@@ -148,7 +151,9 @@ def _floor_session(ctx: Context, where: str, runtime, floor_onnx: Path | None):
     dest = ctx.out(f"floor-{where.replace('/', '-')}{runtime.artifact_suffix}")
     try:
         built = runtime.build(floor_onnx, dest, max_batch(ctx.recipe.bench.batches))
-        return runtime.open(built, ctx.recipe.bench.threads, "deploy")
+        session = runtime.open(built, ctx.recipe.bench.threads, "deploy")
+        session.run(ctx.data.test.x[:1])  # one that fails here must not stop the timing
+        return session
     except EdgeKDError as exc:
         ctx.log(f"  {where}: no call floor timed ({exc.message})")
         return None

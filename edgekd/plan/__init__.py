@@ -133,7 +133,7 @@ def candidates(found: dict[str, Plan | None]) -> dict[str, Plan]:
     for mode, plan in found.items():
         if (
             plan
-            and set(choices(plan).values()) != {"float"}
+            and any(label != "float" for label in choices(plan).values())
             and all(choices(plan) != choices(p) for p in plans.values())
         ):
             plans[mode] = plan
