@@ -35,7 +35,8 @@ def test_the_floor_graph_has_the_teachers_signature_and_runs_in_each_runtime(
         x = np.random.default_rng(0).random((batch, 1, 8, 8), np.float32)
         out = session.run(x)
         assert out.shape == (batch, 10) and out.dtype == np.float32
-        np.testing.assert_array_equal(out, x.reshape(batch, -1)[:, :10])  # read, not computed
+        # read, not computed (within bf16 rounding, where a runtime's default precision is bf16)
+        np.testing.assert_allclose(out, x.reshape(batch, -1)[:, :10], rtol=1e-2)
         session.bound(x)()
 
 
