@@ -4,6 +4,7 @@ shared inputs. Each was a way to get a wrong or crashing student."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import onnxruntime as ort
@@ -99,10 +100,20 @@ def test_linear_on_3d_input_is_planned_as_matmul():
     assert plan.layer("proj").op == "MatMul" and plan.layer("head").op == "Gemm"
 
 
-def test_pruning_that_breaks_a_reshape_is_a_named_error():
+def test_the_plan_keeps_channels_whose_pruning_breaks_a_reshape_and_says_why():
     model, x = Tokens().eval(), _example()
-    with pytest.raises(StageError, match=r"prune\.skip"):
-        prune_channels(copy.deepcopy(model), _plan(model, x, "small"), x)
+    plan = _plan(model, x, "small")
+    proj = plan.layer("proj")
+    assert proj.keep_ratio == 1.0 and "breaks the forward pass" in " ".join(proj.notes)
+    assert any("proj" in note and "breaks" in note for note in plan.adjustments)
+    forced = dataclasses.replace(
+        plan,
+        layers=[
+            dataclasses.replace(lp, keep_ratio=0.5) if lp is proj else lp for lp in plan.layers
+        ],
+    )
+    with pytest.raises(StageError, match=r"prune\.skip"):  # pruned anyway: a named error
+        prune_channels(copy.deepcopy(model), forced, x)
 
 
 def test_batchnorm_after_linear_is_folded_and_exports_exactly():

@@ -16,6 +16,7 @@ output width is not a multiple of 4. The cost is 4 bits of storage per 2-bit wei
 
 from __future__ import annotations
 
+import ast
 import math
 from dataclasses import dataclass
 
@@ -76,8 +77,8 @@ def quantize_weights(
 
     Keys are torch parameter names. The exporter's optimizer folds the ``Transpose`` in front of
     a ``MatMul`` (``nn.Linear`` on a 3-D input) into a new initializer such as ``val_4`` holding
-    ``weight.T``; a name missing from the graph is therefore looked up as the one initializer
-    equal to ``dequantize(t).T`` and stored transposed, ``(in, out)`` with blocks along axis 0,
+    ``weight.T``; a name missing from the graph is therefore looked up as the weight of the
+    MatMul nodes its module became (``_find_transposed``) and stored transposed, ``(in, out)`` with blocks along axis 0,
     which is the layout onnxruntime fuses into ``MatMulNBits``. Every initializer must equal
     ``dequantize(t)`` bit for bit, so the low-bit graph computes what training computed.
     """
@@ -238,23 +239,44 @@ def _check_codes(name: str, t: QuantizedTensor) -> None:
 
 
 def _find_transposed(graph: ir.Graph, name: str, w: np.ndarray) -> ir.Value:
-    """The initializer the exporter folded from ``weight.T``, found by its exact value."""
-    candidates = graph.initializers.values() if w.ndim == 2 else ()
-    matches = [
-        v
-        for v in candidates
-        if v.const_value is not None
-        and v.const_value.dtype == ir.DataType.FLOAT
-        and tuple(v.const_value.shape) == w.shape[::-1]
-        and np.array_equal(v.const_value.numpy(), w.T)
-    ]
-    if len(matches) != 1:
-        found = "no initializer" if not matches else f"{len(matches)} initializers"
+    """The initializer the exporter folded from ``weight.T``: the weight input of the MatMul
+    nodes the layer's module became, by the module path in their name scope (the exporter's
+    metadata), never by value: two layers with equal weights hold two initializers. Each must
+    equal ``weight.T`` bit for bit; a module called twice has one per call, merged into one."""
+    module = name.removesuffix(".weight")
+    found = {
+        node.inputs[1].name: node.inputs[1]
+        for node in graph
+        if node.op_type == "MatMul"
+        and len(node.inputs) > 1
+        and node.inputs[1] is not None
+        and node.inputs[1].name in graph.initializers
+        and _module_path(node) == module
+    }
+    if not found:
         raise StageError(
-            f"weight {name!r}: {found} in the ONNX graph by that name or equal to its transpose; "
-            "check the parameter name and that the exported weights are the dequantized ones"
+            f"weight {name!r}: no initializer in the ONNX graph by that name or as the weight of "
+            f"a MatMul of module {module!r}; export the student with torch.onnx's dynamo "
+            "exporter, which records each node's module"
         )
-    return matches[0]
+    init, *calls = found.values()
+    for value in (init, *calls):
+        _check_matches(name, value, np.ascontiguousarray(w.T))
+    for value in calls:
+        value.replace_all_uses_with(init)
+        graph.initializers.pop(value.name)
+    return init
+
+
+def _module_path(node: ir.Node) -> str | None:
+    """The module a node came from, by the name scopes torch.onnx records: ``['', 'blocks',
+    'blocks.0', 'blocks.0.fc', 'linear_3']`` -> ``blocks.0.fc``."""
+    scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    try:
+        path = ast.literal_eval(scopes) if scopes else []
+    except (ValueError, SyntaxError):
+        return None
+    return path[-2] if len(path) >= 2 else None
 
 
 def _check_matches(name: str, init: ir.Value, w: np.ndarray) -> None:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import warnings
 
 import numpy as np
 import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 import torch
+from onnxscript import optimizer, rewriter
 from torch import nn
 
 from ..errors import StageError
+from ..models.clone import clone_model
 from ..quant import QuantizeOutput, QuantLayer
 from .lowbit import OPSET, QuantizedTensor, quantize_activations, quantize_weights
 
@@ -41,16 +44,32 @@ def export_float(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
                 input_names=["input"],
                 output_names=["logits"],
                 verbose=False,
+                optimize=False,  # _optimize below: the optimizer less its merging passes
             )
+            _optimize(program.model)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StageError(f"ONNX export of {type(model).__name__} failed: {first}") from None
     return program.model_proto
 
 
+def _optimize(model: ir.Model) -> None:
+    """What torch.onnx's optimizer does (onnxscript: constant folding, which turns a Linear's
+    ``weight.T`` into an initializer, its rewrite rules, unused nodes removed) except merging
+    equal initializers and equal subexpressions: two layers with equal weights (untrained
+    copies, tied heads) must stay two nodes, each to take its own low-bit codes."""
+    common_passes.InlinePass()(model)
+    for _ in range(2):
+        optimizer.fold_constants(model, onnx_shape_inference=True)
+        rewriter.rewrite(model)
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+    common_passes.NameFixPass()(model)
+
+
 def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     """Export the student as a float graph, then write its low-bit weights and activation QDQ."""
-    plain = copy.deepcopy(student).eval()
+    plain = clone_model(student).eval()
     weights: dict[str, QuantizedTensor] = {}
     activations: dict[str, tuple[float, int, bool]] = {}
     outputs: dict[str, tuple[float, int, bool]] = {}
@@ -81,9 +100,9 @@ def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     model = quantize_weights(export_float(plain, example), weights)
     return quantize_activations(
         model,
-        {_consumer_of(model, name): qp for name, qp in activations.items()},
-        {_consumer_of(model, name): qp for name, qp in outputs.items()},
-        {_consumer_of(model, name) for name in shared},
+        {node: qp for name, qp in activations.items() for node in _consumers_of(model, name)},
+        {node: qp for name, qp in outputs.items() for node in _consumers_of(model, name)},
+        {node for name in shared for node in _consumers_of(model, name)},
     )
 
 
@@ -104,12 +123,13 @@ def _to_tensor(qw, fmt) -> QuantizedTensor:
     )
 
 
-def _consumer_of(model: onnx.ModelProto, layer: str) -> str:
-    """The node ``layer``'s weight feeds (its Conv/Gemm/MatMul), whose input 0 is the activation."""
+def _consumers_of(model: onnx.ModelProto, layer: str) -> list[str]:
+    """The nodes ``layer``'s weight feeds (its Conv/Gemm/MatMul, one per call of the module),
+    whose input 0 is the activation: each call site gets its input Q -> DQ, as in training."""
     dq = next((n for n in model.graph.node if n.name == f"{layer}.weight_DequantizeLinear"), None)
-    consumer = dq and next((n for n in model.graph.node if dq.output[0] in n.input), None)
-    if consumer is None or consumer.input[0] == dq.output[0]:
+    consumers = [n for n in model.graph.node if dq and dq.output[0] in n.input[1:]]
+    if not consumers:
         raise StageError(
             f"layer '{layer}': its weight feeds no Conv/Gemm/MatMul in the exported ONNX graph"
         )
-    return consumer.name
+    return [n.name for n in consumers]

@@ -5,7 +5,6 @@ Loading uses ``weights_only=True``: the checkpoint holds tensors, strings and in
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from ..plan import Plan
 from ..prune.sparsity import MASK
 from ..prune.structured import Decision, replay_pruning
 from ..quant import fold_batchnorm, prepare_qat
+from .clone import clone_model
 
 FORMAT = "edgekd-student/1"
 
@@ -47,7 +47,7 @@ def load_student(
         raise InputError(
             f"student checkpoint '{path}' is missing or corrupt; re-run the stage that wrote it"
         ) from None
-    model = replay_pruning(copy.deepcopy(teacher).eval(), ckpt["pruning"], example)
+    model = replay_pruning(clone_model(teacher).eval(), ckpt["pruning"], example)
     state = ckpt["state_dict"]
     for key, tensor in state.items():
         owner, _, leaf = key.rpartition(".")

@@ -155,6 +155,7 @@ class Traced:
     fed_by: dict[str, str]  # layer -> the layer whose output alone it reads (past BN, clamps)
     skip_from: dict[str, str]  # layer -> the module whose output it shares with a residual add
     reads_output: dict[str, str]  # layer -> the layer whose output it reads among other readers
+    calls: dict[str, int]  # layer -> how many times the forward calls it (absent: never)
 
 
 def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
@@ -234,7 +235,8 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
         and len(users.get(fn, [])) == 2  # the layer, and ...
         and sum(type(u).__name__.startswith("AddBackward") for u in users[fn]) == 1  # an add
     }
-    return Traced(outputs, ranks, clamps, fed_by, skip_from, reads_output)
+    layer_calls = {name: n for name, n in calls.items() if name in ranks}
+    return Traced(outputs, ranks, clamps, fed_by, skip_from, reads_output, layer_calls)
 
 
 def _from_layer(fn, made_by: dict) -> bool:
@@ -295,14 +297,22 @@ def resolve_plan(
     for name, module in teacher.named_modules():
         if not isinstance(module, COMPRESSIBLE):
             continue
+        if name not in traced.calls:  # e.g. a pooler a classifier never calls: not in any graph
+            adjustments.setdefault("not called by the teacher's forward: left as it is", []).append(
+                name
+            )
+            continue
         op = (
             "Conv"
             if isinstance(module, (nn.Conv1d, nn.Conv2d))
             else ("Gemm" if ranks.get(name, 2) == 2 else "MatMul")
         )
         notes: list[str] = []
-        keep, sparsity = _prune_choice(recipe.prune, name, module, name in outputs, notes)
+        calls = traced.calls[name]
+        keep, sparsity = _prune_choice(recipe.prune, name, module, name in outputs, calls, notes)
         bits, block = _weight_choice(recipe.quant, name, module, notes)
+        for note in (n for n in notes if n.startswith("block ") and bits is not None):
+            adjustments.setdefault(note, []).append(name)
         bits, reasons = _legal_bits(bits, op, runtimes, recipe.quant.symmetric or bool(strict))
         for why in reasons if not recipe.plan.search else ():  # a search reports its own
             adjustments.setdefault(why, []).append(name)
@@ -333,15 +343,17 @@ def resolve_plan(
             notes=notes,
         )
         if recipe.plan.search:
-            removable = not _matches(name, recipe.prune.skip) and name not in outputs
+            removable = not _matches(name, recipe.prune.skip) and name not in outputs and calls == 1
             lp.candidates = _candidates(recipe, name, module, op, removable, runtimes, strict)
-            lp.notes = [n for n in notes if n.startswith(("prune.skip", "model output"))]
+            lp.notes = [n for n in notes if n.startswith(("prune.skip", "model output", "called "))]
         else:
             lp.candidates = [choice_of(lp)]
         lp = with_choice(lp, lp.candidates[0], runtimes)
         layers.append(lp)
     if not layers:
         raise UsageError("the teacher has no Conv or Linear layers to compress")
+    if not recipe.plan.search:  # a search measures each layer's pruning alone (sensitivity)
+        _keep_where_pruning_breaks(layers, targets, teacher, example, runtimes, adjustments)
     return Plan(
         layers=layers,
         targets=[t.name for t in targets],
@@ -356,6 +368,27 @@ def resolve_plan(
             for t in targets
         },
     )
+
+
+def _keep_where_pruning_breaks(
+    layers: list[LayerPlan], targets: list[Target], teacher: nn.Module, example, runtimes: list,
+    adjustments: dict[str, list[str]],
+) -> None:  # fmt: skip
+    """Channels kept, with a note, on layers whose pruning breaks the forward pass: found by
+    pruning a copy of the teacher now, before anything is trained."""
+    from ..prune.structured import pruning_breaks  # prune reads the plan
+
+    broken = pruning_breaks(teacher, Plan(layers, [t.name for t in targets], []), example)
+    for i, lp in enumerate(layers):
+        if lp.name in broken:
+            lp.notes.append(
+                f"channels kept: removing them breaks the forward pass ({broken[lp.name]})"
+            )
+            layers[i] = with_choice(lp, {**choice_of(lp), "keep_ratio": 1.0}, runtimes)
+            layers[i].candidates = [choice_of(layers[i])]
+            adjustments.setdefault(
+                "channels kept: removing them breaks the teacher's forward pass", []
+            ).append(lp.name)
 
 
 FLOAT = {"weight_bits": None, "block_size": None, "symmetric": False, "activation_bits": None,
@@ -410,7 +443,7 @@ def _candidates(
 
 
 def _prune_choice(
-    cfg, name: str, module: nn.Module, feeds_output: bool, notes: list[str]
+    cfg, name: str, module: nn.Module, feeds_output: bool, calls: int, notes: list[str]
 ) -> tuple[float, str | None]:
     keep, sparsity = cfg.keep_ratio, ("2:4" if cfg.sparsity == "2:4" else None)
     if _matches(name, cfg.skip):
@@ -419,6 +452,9 @@ def _prune_choice(
     if keep < 1.0 and feeds_output:
         keep = 1.0
         notes.append("model output: channels kept")
+    if keep < 1.0 and calls > 1:  # its output feeds its own input: channels are not its own
+        keep = 1.0
+        notes.append(f"called {calls} times: channels kept")
     if sparsity and (why := sparsity_ineligible(module)):
         sparsity = None
         notes.append(f"no 2:4: {why}")
@@ -436,9 +472,17 @@ def _weight_choice(
             if ov.weight_bits is not None:
                 bits = None if ov.weight_bits == "float" else ov.weight_bits
             block = ov.block_size if ov.block_size is not None else block
-    if block and module.weight.shape[1] < block:
+    fan_in = module.weight.shape[1]
+    if block and fan_in < block:
         block = None
         notes.append("input dimension below block size: per-channel scales")
+    elif block and fan_in % block:  # runtimes reject a last, partial block (OpenVINO's u4)
+        fits = next((b for b in (128, 64, 32, 16) if b <= block and fan_in % b == 0), None)
+        notes.append(
+            f"block {block} does not divide the input dimension {fan_in}: "
+            + (f"block {fits}" if fits else "per-channel scales")
+        )
+        block = fits
     return bits, block
 
 

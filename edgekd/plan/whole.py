@@ -12,7 +12,6 @@ as the export stage exports. Each runtime and batch is one interleaved measureme
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -29,6 +28,7 @@ from ..budget import LATENCY_NOISE
 from ..distill.train import calibrate
 from ..evaluate import max_batch
 from ..export.torch_onnx import export_float, student_onnx
+from ..models.clone import clone_model
 from ..prune.sparsity import apply_2of4
 from ..prune.structured import prune_channels
 from ..quant import fold_batchnorm, prepare_qat
@@ -124,7 +124,7 @@ def fastest(speedups: dict[str, dict[str, float]], latency_target: float | None)
 
 def plan_graph(teacher: nn.Module, plan: Plan, example: torch.Tensor) -> onnx.ModelProto:
     """The ONNX graph the export stage would write for ``plan``, with untrained weights."""
-    student = copy.deepcopy(teacher).eval()
+    student = clone_model(teacher).eval()
     prune_channels(student, plan, example)
     for name, module in student.named_modules():  # TensorRT picks sparse tactics by the values
         if (lp := plan.layer(name)) and lp.sparsity == "2:4":

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import copy
-
 from .. import models  # module import: models.student imports prune's primitives
 from ..context import Context
 from ..evaluate import accuracy, count_params, predict, torch_fn
+from ..models.clone import clone_model
 from .sparsity import apply_2of4
 from .structured import kept_channels, prune_channels
 
 
 def run(ctx: Context) -> Context:
-    student = copy.deepcopy(ctx.teacher).eval()
+    student = clone_model(ctx.teacher).eval()
     decisions = prune_channels(student, ctx.plan, ctx.example)
     sparse = []
     for name, module in student.named_modules():

@@ -6,11 +6,14 @@ the list of (layer, removed channel indices) and replay it on a fresh copy of th
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from ..errors import StageError
+from ..models.clone import clone_model
 from ..plan import COMPRESSIBLE, Plan
 
 Decision = dict  # {"layer": str, "idxs": list[int]}
@@ -47,21 +50,67 @@ def prune_channels(model: nn.Module, plan: Plan, example: torch.Tensor) -> list[
     return decisions
 
 
+class PruningBroke(StageError):
+    """Torch-Pruning cannot follow every reshape: the pruned model no longer runs or changed its
+    output shape."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            f"channel pruning broke the forward pass ({why}); a reshape or flatten it could not "
+            "follow sits near the pruned layers: add them to prune.skip"
+        )
+        self.why = why
+
+
 def _check_still_works(model: nn.Module, example: torch.Tensor, expected: torch.Size) -> None:
-    """Torch-Pruning cannot follow every reshape: a pruned model must still run and keep its output."""
+    if why := _breakage(model, example, expected):
+        raise PruningBroke(why)
+
+
+def _breakage(model: nn.Module, example: torch.Tensor, expected: torch.Size) -> str | None:
     try:
         with torch.no_grad():
             shape = model(example).shape
     except RuntimeError as exc:
-        raise StageError(
-            f"channel pruning broke the forward pass ({str(exc).splitlines()[0]}); a reshape or flatten "
-            "it could not follow sits near the pruned layers: add them to prune.skip"
-        ) from None
-    if shape != expected:
-        raise StageError(
-            f"channel pruning changed the output shape from {list(expected)} to {list(shape)}; "
-            "add the layers that produce the output to prune.skip"
+        return str(exc).splitlines()[0]
+    return f"output shape {list(expected)} -> {list(shape)}" if shape != expected else None
+
+
+def pruning_breaks(model: nn.Module, plan: Plan, example: torch.Tensor) -> dict[str, str]:
+    """The layers whose channel removal, at their planned keep ratio, breaks the forward pass
+    (a reshape into attention heads, a BatchNorm over another axis), each with what broke.
+    All are tried together on a copy; only if that fails, one at a time in order, each kept
+    with those before it that worked (a layer can break the forward only beside another: a
+    residual stream's width read by an attention reshape), so a plan that works costs one trial."""
+
+    def fails(names: set[str]) -> str | None:
+        trial = Plan(
+            layers=[
+                dataclasses.replace(lp, keep_ratio=lp.keep_ratio if lp.name in names else 1.0)
+                for lp in plan.layers
+            ],
+            targets=plan.targets,
+            adjustments=[],
         )
+        try:
+            prune_channels(clone_model(model).eval(), trial, example)
+        except PruningBroke as exc:
+            return exc.why
+        except Exception as exc:  # Torch-Pruning's own failure on a graph it misreads
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return None
+
+    pruned = [lp.name for lp in plan.layers if lp.keep_ratio < 1.0]
+    if not pruned or fails(set(pruned)) is None:
+        return {}
+    works: set[str] = set()
+    broken = {}
+    for name in pruned:
+        if why := fails(works | {name}):
+            broken[name] = why
+        else:
+            works.add(name)
+    return broken
 
 
 def kept_channels(teacher: nn.Module, student: nn.Module) -> dict[str, list[int]]:

@@ -13,7 +13,6 @@ after BatchNorm folding, as distillation trains them.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -25,10 +24,11 @@ from torch import nn
 from ..atomic import atomic_path, write_json
 from ..context import Context
 from ..evaluate import predict, torch_fn
+from ..models.clone import clone_model
 from ..plan import CHOICE_FIELDS, LayerPlan, Plan, format_label
 from ..plan.damage import LOGITS
 from ..prune.sparsity import apply_2of4
-from ..prune.structured import prune_channels
+from ..prune.structured import PruningBroke, prune_channels
 from ..quant import ActQuant, WeightFormat, fold_batchnorm, quantize_weight
 from ..quant.bias import correct_bias, mean_inputs
 from ..quant.fake import search_clip
@@ -46,7 +46,7 @@ def run(ctx: Context) -> Context:
     choices = [(lp, label, part) for lp in ctx.space.layers for label, part in _choices(lp)]
     n = int(min(len(x), max(MIN_CALIBRATION, SECONDS / (per_input * max(len(choices), 1)))))
     x, reference = x[:n], reference[:n]
-    folded = fold_batchnorm(copy.deepcopy(ctx.teacher).eval(), ctx.example)  # once: slow on CNNs
+    folded = fold_batchnorm(clone_model(ctx.teacher).eval(), ctx.example)  # once: slow on CNNs
     names = [lp.name for lp in ctx.space.layers]
     ranges = _input_ranges(folded, names, x)
     means = mean_inputs(folded, names, x, len(x))  # for bias correction, as calibration does
@@ -58,7 +58,7 @@ def run(ctx: Context) -> Context:
         model, coupled = _apply(
             ctx.teacher, folded, ctx.space, lp, part, ctx.example, ranges, means
         )
-        if coupled and set(part) == {"keep_ratio"}:
+        if model is None or (coupled and set(part) == {"keep_ratio"}):
             unmeasured.append({"layer": lp.name, "choice": choice, "reason": coupled})
             continue
         row = {"layer": lp.name, "choice": choice, **damage(predict(torch_fn(model), x), reference)}
@@ -128,11 +128,11 @@ def _apply(
     example,
     ranges: dict[str, tuple[float, float]],
     means: dict[str, tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[nn.Module, str | None]:
+) -> tuple[nn.Module | None, str | None]:
     """A copy of the teacher with ``part`` of a choice (any of CHOICE_FIELDS) applied to
     ``lp``'s layer alone (no ``torch.no_grad`` here: Torch-Pruning traces its dependency graph
     through autograd), and why its channels could not be removed alone, if they were asked for
-    and were not.
+    and were not (no model where removing them breaks the forward pass).
 
     ``folded``: the teacher with BatchNorm folded, which computes the same function. A 2:4 mask
     is the same on folded weights: folding scales whole output channels, and each group of 4
@@ -141,9 +141,9 @@ def _apply(
     coupled = None
     keep = part.get("keep_ratio", 1.0)
     if keep >= 1.0:
-        model = copy.deepcopy(folded)
+        model = clone_model(folded)
     else:
-        model = copy.deepcopy(teacher).eval()
+        model = clone_model(teacher).eval()
         alone = Plan(
             layers=[
                 dataclasses.replace(other, keep_ratio=keep if other is lp else 1.0)
@@ -152,7 +152,11 @@ def _apply(
             targets=plan.targets,
             adjustments=[],
         )
-        prune_channels(model, alone, example)
+        try:
+            prune_channels(model, alone, example)
+        except Exception as exc:  # a reshape Torch-Pruning cannot follow, or its own failure
+            why = exc.why if isinstance(exc, PruningBroke) else f"{type(exc).__name__}: {exc}"
+            return None, f"removing its channels breaks the forward pass ({why.splitlines()[0]})"
         if model.get_submodule(lp.name).weight.shape[0] == lp.weight_shape[0]:
             coupled = "coupled with other layers' channels: not removable alone"
         model = fold_batchnorm(model, example)

@@ -1,0 +1,134 @@
+"""The zoo (``tests/zoo.py``): each architecture family through plan -> prune -> distill (one
+epoch) -> export -> verify, with its exports agreeing with the PyTorch student on ONNX Runtime and
+OpenVINO; and the constructs that used to break it, one by one."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import zoo
+from conftest import decode_weight
+from torch import nn
+
+from edgekd.export.torch_onnx import student_onnx
+from edgekd.models.clone import clone_model
+from edgekd.pipeline import compress
+from edgekd.plan import resolve_plan
+from edgekd.quant import fold_batchnorm, prepare_qat
+from edgekd.recipe import load_recipe
+from edgekd.targets import load_target
+
+FAST = [
+    "distill.epochs=1",
+    "prune.keep_ratio=0.75",
+    "plan.max_accuracy_drop=100",  # one epoch on random data: the exports are what is judged
+    "bench.batches=[1]",
+    "bench.min_runs=5",
+    "bench.min_seconds=0.05",
+    "bench.warmup=1",
+]
+
+
+@pytest.fixture(scope="module")
+def zoo_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("zoo") / "inputs.npz"
+    np.savez(path, **zoo.data())
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_every_zoo_architecture_compresses_and_its_exports_agree_with_the_student(
+    name, zoo_data, tmp_path
+):
+    run = compress(
+        out=tmp_path / name,
+        teacher=f"zoo:{name}",
+        data=str(zoo_data),
+        recipe="w8a8",
+        set=FAST,
+        log=lambda _line: None,
+    )
+    verify = json.loads((run / "verify" / "verify.json").read_text())
+    students = {r["runtime"]: r for r in verify["results"] if r["model"] == "student"}
+    assert set(students) == {"onnxruntime", "openvino"}
+    for runtime, result in students.items():
+        assert result["status"] == "ok", (runtime, result["reason"])
+        assert result["top1_agreement"] >= 0.99, (runtime, result)
+    plan = json.loads((run / "plan" / "plan.json").read_text())
+    assert any(lp["keep_ratio"] < 1.0 for lp in plan["layers"])  # pruning ran on each
+
+
+def _example(batch: int = 4) -> torch.Tensor:
+    return torch.from_numpy(zoo.data(batch)["x"])
+
+
+def _plan(model: nn.Module, x: torch.Tensor, preset: str = "w8a8", overrides=()):
+    return resolve_plan(load_recipe(preset, list(overrides)), [load_target("x86-cpu")], model, x)
+
+
+def test_a_model_holding_a_cache_from_a_forward_with_gradients_is_copied_detached():
+    model, x = zoo.swin(), _example()
+    with torch.enable_grad():
+        model(x)  # fills the attention bias cache, tied to the bias table by autograd
+    with pytest.raises(RuntimeError, match="deepcopy"):
+        copy.deepcopy(model)  # the premise: why edgekd does not deepcopy models
+    clone = clone_model(model)
+    assert clone.attn._bias.grad_fn is None
+    torch.testing.assert_close(clone.attn._bias, model.attn._bias.detach())
+    torch.testing.assert_close(clone(x), model(x))
+
+
+def test_batchnorm_with_its_activation_in_one_module_folds_and_keeps_the_activation():
+    model, x = zoo.resnext(), _example()
+    reference = model(x)
+    folded = fold_batchnorm(clone_model(model), x)
+    assert isinstance(folded.bn3, nn.Identity)  # the plain BatchNorm goes
+    assert folded.stem_bn.weight is None and isinstance(folded.stem_bn.act, nn.ReLU)
+    assert not torch.equal(folded.stem.weight, model.stem.weight)  # its statistics moved here
+    torch.testing.assert_close(folded(x), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_over_tokens_is_not_folded_into_the_linear_before_it():
+    model, x = zoo.token_batchnorm(), _example()
+    reference = model(x)
+    folded = fold_batchnorm(clone_model(model), x)
+    assert isinstance(folded.bn, nn.BatchNorm1d)
+    torch.testing.assert_close(folded.fc.weight, model.fc.weight)
+    torch.testing.assert_close(folded(x), reference)
+
+
+def test_a_layer_the_forward_never_calls_is_left_out_of_the_plan_with_a_note():
+    model, x = zoo.shared_layers(), _example()
+    plan = _plan(model, x, overrides=["prune.keep_ratio=0.75"])
+    assert plan.layer("pooler") is None
+    assert any("not called" in note and "pooler" in note for note in plan.adjustments)
+    assert "called 2 times: channels kept" in plan.layer("shared").notes
+
+
+def test_equal_weights_export_by_module_and_each_call_of_a_module_reads_quantized_input():
+    model, x = zoo.shared_layers(), _example()
+    torch.testing.assert_close(model.left.weight, model.right.weight)  # untrained: still equal
+    student = prepare_qat(fold_batchnorm(clone_model(model), x), _plan(model, x))
+    student.train()(x)  # calibrate activation ranges
+    graph = student_onnx(student.eval(), x)
+    made_by = {out: node for node in graph.graph.node for out in node.output}
+    dq_output = {node.name: node.output[0] for node in graph.graph.node}
+    for name in ("left", "right", "shared"):  # a MatMul's weight is stored (in, out)
+        np.testing.assert_array_equal(
+            decode_weight(graph, dq_output[f"{name}.weight_DequantizeLinear"]).T,
+            student.get_submodule(name).quantized_weight().detach().numpy(),
+        )
+    shared_calls = [
+        node
+        for node in graph.graph.node
+        if node.op_type == "MatMul"
+        and made_by[node.input[1]].name == "shared.weight_DequantizeLinear"
+    ]
+    assert len(shared_calls) == 2
+    assert all(made_by[node.input[0]].op_type == "DequantizeLinear" for node in shared_calls)
+    onnx.checker.check_model(graph)
