@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 import zoo
 from conftest import decode_weight
 from torch import nn
@@ -21,6 +22,7 @@ from edgekd.pipeline import compress
 from edgekd.plan import resolve_plan
 from edgekd.quant import fold_batchnorm, prepare_qat
 from edgekd.recipe import load_recipe
+from edgekd.runtimes import get_runtime
 from edgekd.targets import load_target
 
 FAST = [
@@ -132,3 +134,39 @@ def test_equal_weights_export_by_module_and_each_call_of_a_module_reads_quantize
     assert len(shared_calls) == 2
     assert all(made_by[node.input[0]].op_type == "DequantizeLinear" for node in shared_calls)
     onnx.checker.check_model(graph)
+
+
+class OddWidths(nn.Module):
+    """Linear layers whose input widths (48, 40) a block of 32 does not divide."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(768, 48), nn.Linear(48, 40), nn.Linear(40, 10)
+
+    def forward(self, x):
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x.flatten(1))))))
+
+
+def test_a_block_that_does_not_divide_a_layers_fan_in_is_adjusted_in_the_plan_and_loads(tmp_path):
+    torch.manual_seed(0)
+    model, x = OddWidths().eval(), _example()
+    plan = _plan(model, x, "default", ["quant.granularity=block", "prune.sparsity=none"])
+    assert plan.layer("fc1").block_size == 32  # 768 = 24 blocks
+    assert plan.layer("fc2").block_size == 16  # 48: the largest block that divides it
+    assert plan.layer("fc3").block_size is None  # 40: no block of 16 or more divides it
+    assert any(
+        "block 32 does not divide the input dimension 48: block 16" in a for a in plan.adjustments
+    )
+    student = prepare_qat(clone_model(model), plan)
+    student.train()(x)
+    student.eval()
+    path = tmp_path / "student.onnx"
+    onnx.save(student_onnx(student, x), path)
+    with torch.no_grad():
+        expected = student(x).numpy()
+    for name in ("onnxruntime", "openvino"):  # OpenVINO rejects a partial last block
+        runtime = get_runtime(name)
+        session = runtime.open(
+            runtime.build(path, tmp_path / f"{name}{runtime.artifact_suffix}"), precision="exact"
+        )
+        np.testing.assert_allclose(session.run(x.numpy()), expected, rtol=1e-3, atol=1e-3)
