@@ -93,10 +93,14 @@ def test_pickled_checkpoint_needs_explicit_trust(tmp_path, tiny):
     assert isinstance(load_teacher(str(path), trust=True), torch.nn.Module)
 
 
-def test_torch_export_archive_is_a_teacher(tmp_path, tiny, example):
+@pytest.mark.parametrize("decomposed", [False, True], ids=["as-exported", "decomposed"])
+def test_torch_export_archive_is_a_teacher(tmp_path, tiny, example, decomposed):
+    """Also after ``run_decompositions()``: aten.convolution, addmm on a transposed weight and
+    _native_batch_norm_legit_no_training lift into layers as conv2d, linear and batch_norm do."""
     path = tmp_path / "tiny.pt2"
     batch = torch.export.Dim("batch", min=1, max=64)
-    torch.export.save(torch.export.export(tiny, (example,), dynamic_shapes=({0: batch},)), path)
+    program = torch.export.export(tiny, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program.run_decompositions() if decomposed else program, path)
     model = load_teacher(str(path))
     kinds = {type(m) for m in model.modules()}
     assert {
