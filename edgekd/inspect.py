@@ -10,7 +10,9 @@ from torch import nn
 
 from .context import Context
 from .data import load_data
+from .errors import ShapeError
 from .models import load_student, load_teacher
+from .pipeline import check_fit
 from .plan import COMPRESSIBLE, Plan
 from .prune.sparsity import is_2of4
 from .quant import QuantLayer
@@ -34,7 +36,14 @@ def inspect_target(spec: str, data: str | None = None, trust: bool = False) -> l
                 return layer_table(model, example)
         return layer_table(teacher, example)
     teacher = load_teacher(spec, None, trust, log=lambda _: None)
-    return layer_table(teacher, torch.from_numpy(load_data(data).train.x[:2]))
+    splits = load_data(data)
+    try:
+        check_fit(teacher, splits, data or "digits")
+    except ShapeError as exc:
+        if data is not None:
+            raise
+        raise ShapeError(f"{exc.message}; pass --data with the teacher's inputs") from None
+    return layer_table(teacher, torch.from_numpy(splits.train.x[:2]))
 
 
 def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict[str, Any]]:

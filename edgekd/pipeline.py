@@ -155,7 +155,7 @@ def _load(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     targets = [load_target(t) for t in cfg["targets"]]
     data = load_data(cfg["data"])
     teacher = load_teacher(cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log)
-    _check_fit(teacher, data, cfg["data"])
+    check_fit(teacher, data, cfg["data"])
     space = plan.resolve_plan(recipe, targets, teacher, torch.from_numpy(data.train.x[:2]))
     return {"recipe": recipe, "targets": targets, "teacher": teacher, "data": data, "space": space}
 
@@ -180,7 +180,7 @@ def _context(
     return ctx
 
 
-def _check_fit(teacher: torch.nn.Module, data, spec: str) -> None:
+def check_fit(teacher: torch.nn.Module, data, spec: str) -> None:
     """Fail early, by name, when the data cannot feed the teacher."""
     try:
         with torch.no_grad():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +125,27 @@ def test_inspect_teacher_spec_shows_float_weights():
     result = edgekd("inspect", "conftest:tiny_net", "--json", cwd=TESTS)
     assert result.returncode == 0, result.stderr
     assert {r["weight_bits"] for r in json.loads(result.stdout)} == {32}
+
+
+def test_inspect_of_a_teacher_the_default_data_does_not_fit_says_to_pass_data():
+    result = edgekd("inspect", "zoo:resnet", cwd=TESTS)  # (3, 16, 16) inputs, not digits
+    _one_line_error(result, 4, "does not fit the teacher", "pass --data")
+
+
+def test_a_pickled_whole_model_loads_its_classes_from_the_working_directory(tmp_path):
+    """As ``python -m edgekd`` does; the console script's sys.path starts at its bin/."""
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n\nclass Net(torch.nn.Sequential):\n    pass\n"
+    )
+    script = (
+        "import sys, torch; sys.path.insert(0, '.'); import mymodels; "
+        "torch.save(mymodels.Net(torch.nn.Flatten(), torch.nn.Linear(64, 10)), 'whole.pt')"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True)
+    console = Path(sys.executable).with_name("edgekd")
+    result = subprocess.run(
+        [str(console), "inspect", "whole.pt", "--trust-checkpoint", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [r["layer"] for r in json.loads(result.stdout)] == ["1"]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, UsageError
-from ..specs import import_factory
+from ..specs import import_factory, importable_cwd
 from .exported import load_exported
 
 
@@ -94,6 +94,7 @@ def _pickled_module(path: Path, trust: bool) -> nn.Module:
             f"'{path}' is a pickled module, which runs code when loaded; re-run with "
             "--trust-checkpoint if you trust it, or pass package.module:factory --weights FILE"
         )
+    importable_cwd()
     model = read_checkpoint(path, trust=True)
     if not isinstance(model, nn.Module):
         raise InputError(
