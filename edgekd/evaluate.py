@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .data import Split
+from .data.inputs import as_example, call
 
 RUNTIME_BATCH = 64  # verify feeds runtimes this many inputs per call; engines must accept it
 
@@ -29,7 +30,7 @@ def torch_fn(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+            return call(model, as_example(x)).numpy()
 
     return run
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from .context import Context
 from .data import load_data
+from .data.inputs import Example, as_example, call
 from .errors import ShapeError
 from .models import load_student, load_teacher
 from .pipeline import check_fit
@@ -28,13 +29,14 @@ def inspect_target(spec: str, data: str | None = None, trust: bool = False) -> l
         teacher = load_teacher(
             cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log=lambda _: None
         )
-        example = torch.from_numpy(load_data(cfg["data"]).train.x[:2])
+        x = load_data(cfg["data"]).train.x
+        example = as_example(x[:2])
         plan = Plan.from_dict(Context.read_json_file(path / "plan" / "plan.json"))
         for stage in ("distill", "prune"):
             if run.stage(stage).get("status") == "done":
                 model, _ = load_student(teacher, path / stage / "student.pt", plan, example)
-                return layer_table(model, example)
-        return layer_table(teacher, example)
+                return layer_table(model, as_example(x[:1]))
+        return layer_table(teacher, as_example(x[:1]))
     teacher = load_teacher(spec, None, trust, log=lambda _: None)
     splits = load_data(data)
     try:
@@ -43,10 +45,11 @@ def inspect_target(spec: str, data: str | None = None, trust: bool = False) -> l
         if data is not None:
             raise
         raise ShapeError(f"{exc.message}; pass --data with the teacher's inputs") from None
-    return layer_table(teacher, torch.from_numpy(splits.train.x[:2]))
+    return layer_table(teacher, as_example(splits.train.x[:1]))
 
 
-def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict[str, Any]]:
+def layer_table(model: nn.Module, example: Example) -> list[dict[str, Any]]:
+    """Per layer, on one input (``example``, a batch of one)."""
     macs: dict[str, int] = {}
     hooks = [
         m.register_forward_hook(
@@ -57,7 +60,7 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict[str, Any]]
     ]
     try:
         with torch.no_grad():
-            model.eval()(example[:1])
+            call(model.eval(), example)
     finally:
         for h in hooks:
             h.remove()

@@ -20,6 +20,7 @@ from .bench.environment import library_versions
 from .context import Context, Progress, no_progress
 from .cpu import detect_cpu
 from .data import load_data
+from .data.inputs import as_example, call, unknown_arguments
 from .errors import BudgetMiss, EdgeKDError, ShapeError, StageError
 from .evaluate import max_batch
 from .models import load_teacher, model_fingerprint
@@ -156,7 +157,7 @@ def _load(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     data = load_data(cfg["data"])
     teacher = load_teacher(cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log)
     check_fit(teacher, data, cfg["data"])
-    space = plan.resolve_plan(recipe, targets, teacher, torch.from_numpy(data.train.x[:2]))
+    space = plan.resolve_plan(recipe, targets, teacher, as_example(data.train.x[:2]))
     return {"recipe": recipe, "targets": targets, "teacher": teacher, "data": data, "space": space}
 
 
@@ -182,12 +183,17 @@ def _context(
 
 def check_fit(teacher: torch.nn.Module, data, spec: str) -> None:
     """Fail early, by name, when the data cannot feed the teacher."""
+    if unknown := unknown_arguments(teacher, data.train.x):
+        raise ShapeError(
+            f"data '{spec}' names inputs the teacher's forward has no argument for: "
+            f"{', '.join(unknown)}; name each array after the argument it feeds"
+        )
     try:
         with torch.no_grad():
-            out = teacher.eval()(torch.from_numpy(data.train.x[:2]))
+            out = call(teacher.eval(), as_example(data.train.x[:2]))
     except Exception as exc:
         raise ShapeError(
-            f"data '{spec}' (inputs of shape {list(data.input_shape)}) does not fit the teacher: "
+            f"data '{spec}' (inputs of shape {data.input_shapes}) does not fit the teacher: "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
@@ -229,6 +235,7 @@ def _fingerprints(recipe, targets, space, teacher, data) -> dict[str, str]:
         "prune": _fingerprint(models),
         "distill": _fingerprint(QUANT_FORMAT, models, recipe.distill),
         "export": _fingerprint(
+            EXPORT_FORMAT,
             sorted({rt.name for t in targets for rt in t.runtimes}),
             max_batch(recipe.bench.batches),
         ),
@@ -278,10 +285,14 @@ def _run_stage(
 
 
 # 2: weight clipping; 3: int8 outputs; 4: outputs within the activation; 5: uint8, chained;
-# 6: shared quantizers calibrated; 7: weight scales floored; 8: biases corrected
-QUANT_FORMAT = 8
-# 2: the teacher's calibration logits saved beside the rows; 3: quantized weights bias corrected
-SENSITIVITY_FORMAT = 3
+# 6: shared quantizers calibrated; 7: weight scales floored; 8: biases corrected; 9: BatchNorm
+# subclasses folded, BatchNorm over another axis left
+QUANT_FORMAT = 9
+# 2: the teacher's calibration logits saved beside the rows; 3: quantized weights bias corrected;
+# 4: folding as QUANT_FORMAT 9, pruning that breaks the forward unmeasured
+SENSITIVITY_FORMAT = 4
+# 2: no merged initializers or subexpressions, Q/DQ at every call of a module, named inputs
+EXPORT_FORMAT = 2
 
 
 def _fingerprint(*parts: Any) -> str:

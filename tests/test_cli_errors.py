@@ -149,3 +149,13 @@ def test_a_pickled_whole_model_loads_its_classes_from_the_working_directory(tmp_
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert [r["layer"] for r in json.loads(result.stdout)] == ["1"]
+
+
+def test_inspect_of_a_teacher_with_token_inputs_lists_its_layers(tmp_path):
+    import zoo
+
+    data = tmp_path / "tokens.npz"
+    np.savez(data, **zoo.token_data(40))
+    result = edgekd("inspect", "zoo:tiny_bert", "--data", str(data), "--json", cwd=TESTS)
+    assert result.returncode == 0, result.stderr
+    assert "layers.0.qkv" in {r["layer"] for r in json.loads(result.stdout)}

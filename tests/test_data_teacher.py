@@ -14,7 +14,7 @@ def test_digits_split_is_seeded_and_disjoint():
     a, b = load_data("digits"), load_data("digits")
     assert a.fingerprint() == b.fingerprint()
     assert (len(a.train), len(a.val), len(a.test)) == (1259, 269, 269)
-    assert a.input_shape == (1, 8, 8) and a.labelled
+    assert a.train.x.shape[1:] == (1, 8, 8) and a.input_shapes == "[1, 8, 8] float32" and a.labelled
     assert a.train.x.min() >= 0.0 and a.train.x.max() <= 1.0
 
 
@@ -27,8 +27,11 @@ def test_npz_without_labels_is_unlabelled(tmp_path):
 
 def test_npz_problems_are_named(tmp_path):
     path = tmp_path / "bad.npz"
-    np.savez(path, images=np.zeros((4, 2)))
-    with pytest.raises(InputError, match="no array 'x'"):
+    np.savez(path, y=np.zeros(4))
+    with pytest.raises(InputError, match="no input arrays besides 'y'"):
+        load_data(str(path))
+    np.savez(path, input_ids=np.zeros((4, 2)), attention_mask=np.zeros((5, 2)))
+    with pytest.raises(InputError, match=r"inputs differ in length: \[4, 5\]"):
         load_data(str(path))
     np.savez(path, x=np.zeros((4, 2)), y=np.zeros(3))
     with pytest.raises(InputError, match="3 labels for 4 inputs"):
@@ -44,7 +47,7 @@ def test_image_folder_gives_one_class_per_subfolder(tmp_path):
                 tmp_path / cls / f"{i}.png"
             )
     data = load_data(str(tmp_path))
-    assert data.input_shape == (3, 6, 6)
+    assert data.train.x.shape[1:] == (3, 6, 6)
     assert set(np.unique(np.concatenate([data.train.y, data.test.y]))) == {0, 1}
 
 
@@ -114,3 +117,13 @@ def test_torch_export_archive_is_a_teacher(tmp_path, tiny, example, decomposed):
 def test_bad_factory_spec_is_named():
     with pytest.raises(InputError, match="cannot import 'no_such_pkg.models'"):
         load_teacher("no_such_pkg.models:net")
+
+
+def test_an_npz_of_several_named_arrays_is_several_inputs_each_keeping_its_dtype(tmp_path):
+    path = tmp_path / "tokens.npz"
+    ids = np.random.default_rng(0).integers(0, 1000, (60, 12))
+    np.savez(path, input_ids=ids, attention_mask=np.ones_like(ids), y=np.arange(60) % 3)
+    data = load_data(str(path))
+    assert data.train.x.dtype.names == ("input_ids", "attention_mask")
+    assert data.train.x["input_ids"].dtype == np.int64 and data.labelled
+    assert data.input_shapes == "input_ids [12] int64, attention_mask [12] int64"

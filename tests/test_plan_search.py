@@ -347,7 +347,7 @@ def test_a_plan_that_cannot_be_built_is_left_out_of_the_timing_with_its_reason(
     monkeypatch.setattr(whole, "plan_graph", broken_int8)
     logged: list[str] = []
     ctx = SimpleNamespace(recipe=recipe, targets=[target], teacher=tiny, example=example,
-                          data=SimpleNamespace(test=SimpleNamespace(x=example.numpy())),
+                          data=SimpleNamespace(test=SimpleNamespace(x=example.numpy()), train=SimpleNamespace(x=example.numpy())),
                           log=logged.append)  # fmt: skip
     got = whole.time_plans(ctx, plans)
     assert set(got) == {"mixed"}
@@ -412,7 +412,7 @@ def test_the_plan_timed_whole_is_the_graph_export_writes_and_the_fastest_measure
     assert search["mode"] == fastest(search["whole"], None)
     report = (run / "report.md").read_text()
     assert "Plans compared whole before training" in report and f"- {search['mode']}: " in report
-    graph = plan_graph(demo_teacher(), Plan.from_dict(plan), torch.rand(2, 1, 8, 8))
+    graph = plan_graph(demo_teacher(), Plan.from_dict(plan), torch.rand(2, 1, 8, 8).numpy())
     exported = onnx.load(run / "export" / "student.onnx")
     assert [n.op_type for n in graph.graph.node] == [n.op_type for n in exported.graph.node]
     assert {i.name: (tuple(i.dims), i.data_type) for i in graph.graph.initializer} == {

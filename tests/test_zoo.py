@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -16,9 +17,11 @@ import zoo
 from conftest import decode_weight
 from torch import nn
 
-from edgekd.export.torch_onnx import student_onnx
+from edgekd.data.inputs import as_example, named
+from edgekd.errors import ShapeError
+from edgekd.export.torch_onnx import export_float, student_onnx
 from edgekd.models.clone import clone_model
-from edgekd.pipeline import compress
+from edgekd.pipeline import check_fit, compress
 from edgekd.plan import resolve_plan
 from edgekd.quant import fold_batchnorm, prepare_qat
 from edgekd.recipe import load_recipe
@@ -38,9 +41,11 @@ FAST = [
 
 @pytest.fixture(scope="module")
 def zoo_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("zoo") / "inputs.npz"
-    np.savez(path, **zoo.data())
-    return path
+    """name -> the .npz its model takes: images, or token ids with an attention mask."""
+    folder = tmp_path_factory.mktemp("zoo")
+    np.savez(folder / "images.npz", **zoo.data())
+    np.savez(folder / "tokens.npz", **zoo.token_data())
+    return lambda name: folder / ("tokens.npz" if name in zoo.TOKEN_INPUTS else "images.npz")
 
 
 def _decomposed_archive(name: str, path) -> str:
@@ -60,7 +65,7 @@ def test_every_zoo_architecture_compresses_and_its_exports_agree_with_the_studen
     run = compress(
         out=tmp_path / stem,
         teacher=_decomposed_archive(stem, tmp_path / name) if archive else f"zoo:{name}",
-        data=str(zoo_data),
+        data=str(zoo_data(stem)),
         recipe="w8a8",
         set=FAST,
         log=lambda _line: None,
@@ -180,3 +185,51 @@ def test_a_block_that_does_not_divide_a_layers_fan_in_is_adjusted_in_the_plan_an
             runtime.build(path, tmp_path / f"{name}{runtime.artifact_suffix}"), precision="exact"
         )
         np.testing.assert_allclose(session.run(x.numpy()), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_a_block_is_fitted_to_the_fan_in_a_layer_has_once_the_layer_before_is_pruned():
+    torch.manual_seed(0)
+    model, x = OddWidths().eval(), _example()
+    plan = _plan(
+        model,
+        x,
+        "default",
+        ["quant.granularity=block", "prune.sparsity=none", "prune.keep_ratio=0.75"],
+    )
+    assert plan.layer("fc1").block_size == 32  # reads the model's input: 768 stays
+    assert plan.layer("fc2").block_size is None  # 48 -> 36 inputs once fc1 keeps 36 channels
+    assert (
+        "fc2: block 16 does not divide the input dimension 36: per-channel scales"
+        in plan.adjustments
+    )
+    assert plan.layer("fc2").candidates[0]["block_size"] is None  # the one choice agrees
+
+
+def test_named_inputs_bind_by_name_whatever_their_order_in_the_data(tmp_path):
+    model = zoo.tiny_bert()
+    tokens = zoo.token_data(8)
+    reordered = named(
+        {"attention_mask": tokens["attention_mask"], "input_ids": tokens["input_ids"]}
+    )
+    check_fit(model, SimpleNamespace(train=SimpleNamespace(x=reordered), labelled=False), "tokens")
+    with torch.no_grad():
+        expected = model(
+            torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"])
+        )
+    path = tmp_path / "teacher.onnx"
+    onnx.save(export_float(model, as_example(reordered[:2])), path)
+    assert {i.name for i in onnx.load(path).graph.input} == {"input_ids", "attention_mask"}
+    for name in ("onnxruntime", "openvino"):
+        runtime = get_runtime(name)
+        built = runtime.build(path, tmp_path / f"{name}{runtime.artifact_suffix}")
+        got = runtime.open(built, precision="exact").run(reordered)
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_named_input_the_forward_has_no_argument_for_is_a_named_error():
+    tokens = zoo.token_data(4)
+    x = named({"input_ids": tokens["input_ids"], "token_type_ids": tokens["attention_mask"]})
+    with pytest.raises(ShapeError, match="no argument for: token_type_ids"):
+        check_fit(
+            zoo.tiny_bert(), SimpleNamespace(train=SimpleNamespace(x=x), labelled=False), "tokens"
+        )

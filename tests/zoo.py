@@ -5,6 +5,7 @@ factory, ``package.module:factory`` style (``zoo:mobilenet_v3``)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -236,6 +237,45 @@ class TokenBatchNorm(nn.Module):
         return self.head(F.relu(self.bn(self.fc(x))).mean(1))
 
 
+class TinyBert(nn.Module):
+    """A BERT classifier on token ids and an attention mask (int64 inputs): embeddings, two
+    encoder layers with masked attention, masked mean pooling; and a pooler it never calls,
+    as Hugging Face's BertModel has."""
+
+    def __init__(self, vocab: int = 100, dim: int = 32, heads: int = 4, tokens: int = 12) -> None:
+        super().__init__()
+        self.heads = heads
+        self.tokens, self.positions = nn.Embedding(vocab, dim), nn.Embedding(tokens, dim)
+        self.layers = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "qkv": nn.Linear(dim, 3 * dim),
+                    "out": nn.Linear(dim, dim),
+                    "norm1": nn.LayerNorm(dim),
+                    "ffn1": nn.Linear(dim, 2 * dim),
+                    "ffn2": nn.Linear(2 * dim, dim),
+                    "norm2": nn.LayerNorm(dim),
+                }
+            )
+            for _ in range(2)
+        )
+        self.pooler = nn.Linear(dim, dim)
+        self.classifier = nn.Linear(dim, CLASSES)
+
+    def forward(self, input_ids, attention_mask):
+        b, n = input_ids.shape
+        x = self.tokens(input_ids) + self.positions(torch.arange(n, device=input_ids.device))
+        keep = attention_mask[:, None, None, :].bool()
+        for layer in self.layers:
+            q, k, v = layer["qkv"](x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            scores = (q @ k.transpose(-2, -1)) / (q.shape[-1] ** 0.5)
+            attn = scores.masked_fill(~keep, -1e4).softmax(-1) @ v
+            x = layer["norm1"](x + layer["out"](attn.transpose(1, 2).reshape(b, n, -1)))
+            x = layer["norm2"](x + layer["ffn2"](F.gelu(layer["ffn1"](x))))
+        mask = attention_mask[..., None].to(x.dtype)
+        return self.classifier((x * mask).sum(1) / mask.sum(1))
+
+
 def _factory(cls: type[nn.Module]):
     def make() -> nn.Module:
         torch.manual_seed(0)
@@ -262,7 +302,9 @@ ZOO = {
     "swin": SwinLike,
     "shared_layers": SharedLayers,
     "token_batchnorm": TokenBatchNorm,
+    "tiny_bert": TinyBert,
 }
+TOKEN_INPUTS = {"tiny_bert"}  # take token_data(), not data()
 globals().update({name: _factory(cls) for name, cls in ZOO.items()})
 
 
@@ -272,3 +314,12 @@ def data(count: int = 256, seed: int = 0):
     x = F.interpolate(torch.randn(count, 3, 4, 4, generator=gen), size=16, mode="bilinear")
     x = (x + 0.3 * torch.randn(count, 3, 16, 16, generator=gen)).numpy()
     return {"x": x}
+
+
+def token_data(count: int = 256, tokens: int = 12, vocab: int = 100, seed: int = 0):
+    """Token ids and attention masks: sentences of 4-12 tokens, padded with id 0."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(4, tokens + 1, count)
+    mask = (np.arange(tokens)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(1, vocab, (count, tokens)) * mask
+    return {"input_ids": ids.astype(np.int64), "attention_mask": mask}

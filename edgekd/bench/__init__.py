@@ -134,8 +134,8 @@ def _floor_graph(ctx: Context) -> Path | None:
     null = null_graph(onnx.load(ctx.path_of("export", "teacher.onnx"), load_external_data=False))
     if null is None:
         ctx.log(
-            "  no call floor timed: the teacher's input and outputs need a batch axis and a "
-            "static, non-empty shape past it"
+            "  no call floor timed: the teacher needs one input, and its input and outputs a "
+            "batch axis and a static, non-empty shape past it"
         )
         return None
     path = ctx.out("floor.onnx")

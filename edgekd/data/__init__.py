@@ -1,4 +1,5 @@
-"""Data: every source becomes the same seeded train/val/test split of float32 arrays."""
+"""Data: every source becomes the same seeded train/val/test split of input arrays (float32,
+or named inputs keeping their dtypes: ``inputs``)."""
 
 from __future__ import annotations
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, UsageError
 from ..specs import import_factory
+from .inputs import named
 from .splits import DataSplits, Split, split_arrays
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -43,13 +45,16 @@ def _npz(path: Path) -> DataSplits:
         raise InputError(f"data file '{path}' not found")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if "x" not in npz:
-                raise InputError(
-                    f"data file '{path}' has no array 'x' (found: {', '.join(npz.files)})"
-                )
-            x, y = npz["x"], npz.get("y")
+            names = ["x"] if "x" in npz else [n for n in npz.files if n != "y"]
+            if not names:
+                raise InputError(f"data file '{path}' holds no input arrays besides 'y'")
+            arrays, y = {n: npz[n] for n in names}, npz.get("y")
     except (OSError, ValueError) as exc:
         raise InputError(f"data file '{path}' is not a readable .npz ({exc})") from None
+    try:
+        x = named(arrays)  # several arrays: the model's inputs, in the file's order
+    except ValueError as exc:
+        raise InputError(f"data file '{path}': {exc}") from None
     if y is not None and len(y) != len(x):
         raise InputError(f"data file '{path}': 'y' has {len(y)} labels for {len(x)} inputs")
     return split_arrays(path.stem, x, y)
@@ -96,15 +101,21 @@ def _factory(spec: str) -> DataSplits:
 
 
 def _materialize(dataset, spec: str) -> Split:
-    """Datasets yielding ``x`` or ``(x, y)`` become arrays (edge calibration sets fit in memory)."""
+    """Datasets yielding ``x`` or ``(x, y)`` become arrays (edge calibration sets fit in memory);
+    ``x`` may be a dict of named inputs (``input_ids``, ``attention_mask``), each keeping its
+    dtype."""
     xs, ys = [], []
     for item in dataset:
         x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
-        xs.append(np.asarray(x, dtype=np.float32))
+        xs.append({k: np.asarray(v) for k, v in x.items()} if isinstance(x, Mapping) else {"x": x})
         ys.append(y)
     if not xs:
         raise InputError(f"data factory '{spec}' returned an empty dataset")
+    if len({frozenset(x) for x in xs}) != 1:
+        raise InputError(f"data factory '{spec}': examples name different inputs")
+    try:
+        x = named({name: np.stack([np.asarray(x[name]) for x in xs]) for name in xs[0]})
+    except ValueError as exc:
+        raise InputError(f"data factory '{spec}': {exc}") from None
     labelled = all(y is not None for y in ys)
-    return Split(
-        np.stack(xs), np.asarray([int(y) for y in ys], dtype=np.int64) if labelled else None
-    )
+    return Split(x, np.asarray([int(y) for y in ys], dtype=np.int64) if labelled else None)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from .inputs import non_finite, shapes, typed
 
 
 @dataclass(frozen=True)
 class Split:
-    x: np.ndarray  # float32, (N, ...)
+    x: np.ndarray  # (N, ...): float32, or a structured array of named inputs (``inputs``)
     y: np.ndarray | None  # int64 labels, or None: the teacher's outputs are the targets
 
     def __post_init__(self) -> None:  # stacked HWC images are strided: keep one memory layout
@@ -34,8 +35,9 @@ class DataSplits:
         return self.train.y is not None
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+    def input_shapes(self) -> str:
+        """Each input's shape past the batch, for messages (``inputs.shapes``)."""
+        return shapes(self.train.x)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -55,9 +57,8 @@ def split_arrays(
     test: float = 0.15,
 ) -> DataSplits:
     """Shuffle once with a fixed seed, then cut train/val/test (stratified when labelled)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x.reshape(len(x), -1))).any(1).sum())
+    x = np.ascontiguousarray(x if x.dtype.names else typed(x))
+    if bad := non_finite(x):
         raise InputError(
             f"data '{name}' has NaN/Inf values in {bad} of {len(x)} inputs; clean or drop them"
         )

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..context import Progress, no_progress
 from ..data import DataSplits
+from ..data.inputs import as_example, call
 from ..errors import StageError
 from ..evaluate import accuracy, predict, torch_fn
 from ..prune.sparsity import reapply_masks
@@ -56,7 +57,7 @@ def distill(
     agreed with the teacher on 98.8% of the test crops (97.5% untrained); with the ranges
     observed afresh after each epoch, no epoch beat the untrained student."""
     torch.manual_seed(cfg.seed)
-    x = torch.from_numpy(data.train.x)
+    x = data.train.x
     y = None if data.train.y is None else torch.from_numpy(data.train.y)
     teacher_train = torch.from_numpy(predict(torch_fn(teacher), data.train.x))  # teacher is frozen
     teacher_val = predict(torch_fn(teacher), data.val.x)
@@ -71,7 +72,8 @@ def distill(
         losses = []
         for step, idx in enumerate(batches):
             target = None if y is None else y[idx]
-            loss = kd_loss(student(x[idx]), teacher_train[idx], target, cfg.temperature, cfg.alpha)
+            logits = call(student, as_example(x[idx.numpy()]))
+            loss = kd_loss(logits, teacher_train[idx], target, cfg.temperature, cfg.alpha)
             if not torch.isfinite(loss):
                 raise StageError(
                     f"distillation loss is {loss.item()} {where} step {step}; "
@@ -166,6 +168,6 @@ def calibrate(student: nn.Module, x: np.ndarray, batch_size: int) -> None:
         if isinstance(module, ActQuant):
             module.train()
     for start in range(0, len(x), batch_size):
-        student(torch.from_numpy(x[start : start + batch_size]))
+        call(student, as_example(x[start : start + batch_size]))
     student.eval()
     correct_student(student, x, batch_size)

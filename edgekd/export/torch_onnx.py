@@ -15,20 +15,25 @@ import torch
 from onnxscript import optimizer, rewriter
 from torch import nn
 
+from ..data.inputs import Example
 from ..errors import StageError
 from ..models.clone import clone_model
 from ..quant import QuantizeOutput, QuantLayer
 from .lowbit import OPSET, QuantizedTensor, quantize_activations, quantize_weights
 
 
-def export_float(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+def export_float(model: nn.Module, example: Example) -> onnx.ModelProto:
     """Dynamo export with a symbolic batch (the example must have batch >= 2 to keep it symbolic).
 
     The example is made contiguous: the exporter keeps its strides, and a channels-last example
     (what stacking HWC images and transposing gives) turns ``x.view(batch, -1)`` into an
     ``as_strided`` Gather that OpenVINO's int8 transformations get wrong (EfficientNet-Lite0:
-    its W8A8 student agreed with its PyTorch self on 30% of images in OpenVINO, 80% in ORT)."""
-    example = example.contiguous()
+    its W8A8 student agreed with its PyTorch self on 30% of images in OpenVINO, 80% in ORT).
+    A model of several inputs takes them as keywords; the graph names its inputs after them,
+    each with a symbolic batch."""
+    named = isinstance(example, dict)
+    kwargs = {k: t.contiguous() for k, t in example.items()} if named else {}
+    args = () if named else (example.contiguous(),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter narrates every step and warns about optional torchvision ops; keep the CLI quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -37,11 +42,12 @@ def export_float(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
         try:
             program = torch.onnx.export(
                 model.eval(),
-                (example,),
+                args,
+                kwargs=kwargs or None,
                 dynamo=True,
                 opset_version=OPSET,
-                dynamic_shapes=({0: batch},),
-                input_names=["input"],
+                dynamic_shapes={k: {0: batch} for k in kwargs} if named else ({0: batch},),
+                input_names=None if named else ["input"],
                 output_names=["logits"],
                 verbose=False,
                 optimize=False,  # _optimize below: the optimizer less its merging passes
@@ -67,7 +73,7 @@ def _optimize(model: ir.Model) -> None:
     common_passes.NameFixPass()(model)
 
 
-def student_onnx(student: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+def student_onnx(student: nn.Module, example: Example) -> onnx.ModelProto:
     """Export the student as a float graph, then write its low-bit weights and activation QDQ."""
     plain = clone_model(student).eval()
     weights: dict[str, QuantizedTensor] = {}

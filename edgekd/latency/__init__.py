@@ -31,6 +31,7 @@ from ..atomic import write_json
 from ..bench.timing import measure_interleaved
 from ..context import Context
 from ..cpu import detect_cpu
+from ..data.inputs import Example, batch_size, call
 from ..models.demo import cache_dir
 from ..plan import COMPRESSIBLE, LayerPlan, choice_label, kept_shape
 from ..runtimes import get_runtime
@@ -49,7 +50,7 @@ FORMAT = 9
 def run(ctx: Context) -> Context:
     shapes = layer_shapes(ctx.teacher, ctx.example)
     first = next(iter(shapes), None)  # its input is the model's: never pruned
-    per_example = len(ctx.example)
+    per_example = batch_size(ctx.example)
     cfg = ctx.recipe.bench
     rows, skipped = [], []
     for target in ctx.targets:
@@ -158,7 +159,7 @@ def _cost_model(rt, lp: LayerPlan, shape: LayerShape, inputs_pruned: bool, where
     return rows
 
 
-def layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, LayerShape]:
+def layer_shapes(model: nn.Module, example: Example) -> dict[str, LayerShape]:
     """Each Conv/Linear layer's op, input shape and attributes, from one forward pass (the
     first call of a layer used twice; layers never called are absent)."""
     shapes: dict[str, LayerShape] = {}
@@ -190,7 +191,7 @@ def layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, LayerShap
     ]
     try:
         with torch.no_grad():
-            model.eval()(example)
+            call(model.eval(), example)
     finally:
         for hook in hooks:
             hook.remove()

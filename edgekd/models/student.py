@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
+from ..data.inputs import Example
 from ..errors import InputError
 from ..plan import Plan
 from ..prune.sparsity import MASK
@@ -37,7 +38,7 @@ def save_student(
 
 
 def load_student(
-    teacher: nn.Module, path: Path, plan: Plan, example: torch.Tensor
+    teacher: nn.Module, path: Path, plan: Plan, example: Example
 ) -> tuple[nn.Module, dict]:
     """Rebuild (prune, mask, fold, quantize) a teacher copy, then load the saved weights."""
     try:

@@ -37,6 +37,7 @@ from .resolve import (
     Traced,
     choice_label,
     choice_of,
+    fit_blocks_to_pruning,
     format_label,
     kept_shape,
     part_labels,
@@ -74,6 +75,9 @@ def run(ctx: Context) -> Context:
                 "plan.recovery"
             )
         plan = _pick(ctx, plans)
+        for note in fit_blocks_to_pruning(plan, ctx.teacher, ctx.example):
+            ctx.log(f"  {note}")
+            plan.adjustments.append(note)
         found = plan.search
         ctx.log(
             f"  round {found['round'] + 1}: predicted drop {found['predicted_drop_pts']:.2f} of "

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.inputs import Example, call
 from ..errors import UsageError
 from ..recipe import Recipe
 from ..targets import Target
@@ -158,7 +159,7 @@ class Traced:
     calls: dict[str, int]  # layer -> how many times the forward calls it (absent: never)
 
 
-def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
+def trace_layers(model: nn.Module, example: Example) -> Traced:
     """One forward pass: the layers that feed the model's output with no other layer in between
     (their channels are the output's, so they cannot be pruned), each layer's input rank (a
     Linear on 3-D input exports as MatMul, not Gemm), and the clamping activation (ReLU, ReLU6,
@@ -193,7 +194,7 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
     ]
     try:
         with torch.enable_grad():
-            out = model.eval()(example.clone().requires_grad_(True))
+            out = call(model.eval(), _tracked(example))
     finally:
         for h in hooks:
             h.remove()
@@ -237,6 +238,13 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> Traced:
     }
     layer_calls = {name: n for name, n in calls.items() if name in ranks}
     return Traced(outputs, ranks, clamps, fed_by, skip_from, reads_output, layer_calls)
+
+
+def _tracked(example: Example) -> Example:
+    """A copy of the example whose floating inputs autograd tracks (token ids cannot be)."""
+    if isinstance(example, dict):
+        return {name: _tracked(t) for name, t in example.items()}
+    return example.clone().requires_grad_(example.is_floating_point())
 
 
 def _from_layer(fn, made_by: dict) -> bool:
@@ -283,7 +291,7 @@ def sparsity_ineligible(module: nn.Module) -> str | None:
 
 
 def resolve_plan(
-    recipe: Recipe, targets: list[Target], teacher: nn.Module, example: torch.Tensor
+    recipe: Recipe, targets: list[Target], teacher: nn.Module, example: Example
 ) -> Plan:
     _check_recipe_values(
         recipe, [n for n, m in teacher.named_modules() if isinstance(m, COMPRESSIBLE)]
@@ -354,7 +362,7 @@ def resolve_plan(
         raise UsageError("the teacher has no Conv or Linear layers to compress")
     if not recipe.plan.search:  # a search measures each layer's pruning alone (sensitivity)
         _keep_where_pruning_breaks(layers, targets, teacher, example, runtimes, adjustments)
-    return Plan(
+    plan = Plan(
         layers=layers,
         targets=[t.name for t in targets],
         adjustments=[
@@ -368,6 +376,9 @@ def resolve_plan(
             for t in targets
         },
     )
+    if not recipe.plan.search:  # a search fits its pick (plan stage)
+        plan.adjustments += fit_blocks_to_pruning(plan, teacher, example)
+    return plan
 
 
 def _keep_where_pruning_breaks(
@@ -439,7 +450,15 @@ def _candidates(
     sparse = [None]
     if any(op in rt.sparse_2of4 for _, rt in runtimes) and out % 8 == 0 and fan_in % 16 == 0:
         sparse.append("2:4")
-    return [{"keep_ratio": k, "sparsity": s, **f} for k in keeps for s in sparse for f in formats]
+    found = []
+    for k in keeps:  # a block fits the fan-in the layer has when the one before keeps k too
+        kept_in = kept_shape(list(module.weight.shape), k, inputs_pruned=True)[1]
+        for s in sparse:
+            for f in formats:
+                c = {"keep_ratio": k, "sparsity": s, **f}
+                c["block_size"] = fit_block(c["block_size"], kept_in)[0]
+                found += [c] if c not in found else []
+    return found
 
 
 def _prune_choice(
@@ -472,18 +491,45 @@ def _weight_choice(
             if ov.weight_bits is not None:
                 bits = None if ov.weight_bits == "float" else ov.weight_bits
             block = ov.block_size if ov.block_size is not None else block
-    fan_in = module.weight.shape[1]
-    if block and fan_in < block:
-        block = None
-        notes.append("input dimension below block size: per-channel scales")
-    elif block and fan_in % block:  # runtimes reject a last, partial block (OpenVINO's u4)
-        fits = next((b for b in (128, 64, 32, 16) if b <= block and fan_in % b == 0), None)
-        notes.append(
-            f"block {block} does not divide the input dimension {fan_in}: "
-            + (f"block {fits}" if fits else "per-channel scales")
-        )
-        block = fits
-    return bits, block
+    fitted, note = fit_block(block, module.weight.shape[1])
+    notes += [note] if note else []
+    return bits, fitted
+
+
+def fit_block(block: int | None, fan_in: int) -> tuple[int | None, str | None]:
+    """The block size a layer of ``fan_in`` inputs can take, and why it changed: runtimes
+    reject a last, partial block (OpenVINO's u4), so the largest of 128-16 that divides it
+    (at most ``block``), else per-channel scales."""
+    if not block or fan_in % block == 0:
+        return block, None
+    if fan_in < block:
+        return None, "input dimension below block size: per-channel scales"
+    fits = next((b for b in (128, 64, 32, 16) if b <= block and fan_in % b == 0), None)
+    return fits, f"block {block} does not divide the input dimension {fan_in}: " + (
+        f"block {fits}" if fits else "per-channel scales"
+    )
+
+
+def fit_blocks_to_pruning(plan: Plan, teacher: nn.Module, example: Example) -> list[str]:
+    """Each blocked layer's block fitted to its fan-in once the plan's channels are gone (a
+    layer reading a pruned one has fewer inputs than its own choice saw); returns the notes."""
+    from ..models.clone import clone_model  # prune reads the plan
+    from ..prune.structured import prune_channels
+
+    if not any(lp.block_size for lp in plan.layers):
+        return []
+    pruned = clone_model(teacher).eval()
+    prune_channels(pruned, plan, example)
+    notes = []
+    for i, lp in enumerate(plan.layers):
+        block, note = fit_block(lp.block_size, pruned.get_submodule(lp.name).weight.shape[1])
+        if note:
+            fitted = dataclasses.replace(lp, block_size=block, notes=[*lp.notes, note])
+            if len(lp.candidates) == 1:  # a fixed preset: its one choice is the plan's
+                fitted.candidates = [choice_of(fitted)]
+            plan.layers[i] = fitted
+            notes.append(f"{lp.name}: {note}")
+    return notes
 
 
 def _legal_bits(

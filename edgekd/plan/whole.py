@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import onnx
-import torch
 from torch import nn
 
 from ..bench.timing import batch_of, measure_interleaved
 from ..budget import LATENCY_NOISE
+from ..data.inputs import as_example
 from ..distill.train import calibrate
 from ..evaluate import max_batch
 from ..export.torch_onnx import export_float, student_onnx
@@ -64,7 +64,7 @@ def time_plans(ctx: Context, plans: dict[str, Plan]) -> dict[str, dict[str, floa
         onnx.save(export_float(ctx.teacher, ctx.example), graphs["teacher"])
         for mode, plan in plans.items():
             graph = _attempt(ctx, f"the {mode} plan, not timed whole: its export failed",
-                             partial(plan_graph, ctx.teacher, plan, ctx.example))  # fmt: skip
+                             partial(plan_graph, ctx.teacher, plan, ctx.data.train.x[:2]))  # fmt: skip
             if graph is not None:
                 graphs[mode] = Path(tmp, f"{mode}.onnx")
                 onnx.save(graph, graphs[mode])
@@ -122,8 +122,10 @@ def fastest(speedups: dict[str, dict[str, float]], latency_target: float | None)
     return max(speedups, key=rank)
 
 
-def plan_graph(teacher: nn.Module, plan: Plan, example: torch.Tensor) -> onnx.ModelProto:
-    """The ONNX graph the export stage would write for ``plan``, with untrained weights."""
+def plan_graph(teacher: nn.Module, plan: Plan, x: np.ndarray) -> onnx.ModelProto:
+    """The ONNX graph the export stage would write for ``plan``, with untrained weights
+    calibrated on the inputs ``x``."""
+    example = as_example(x)
     student = clone_model(teacher).eval()
     prune_channels(student, plan, example)
     for name, module in student.named_modules():  # TensorRT picks sparse tactics by the values
@@ -131,5 +133,5 @@ def plan_graph(teacher: nn.Module, plan: Plan, example: torch.Tensor) -> onnx.Mo
             apply_2of4(module)
     fold_batchnorm(student, example)
     prepare_qat(student, plan)
-    calibrate(student, example.numpy(), len(example))
+    calibrate(student, x, len(x))
     return student_onnx(student, example)

@@ -12,6 +12,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..data.inputs import Example, call
 from ..errors import StageError
 from ..models.clone import clone_model
 from ..plan import COMPRESSIBLE, Plan
@@ -19,7 +20,7 @@ from ..plan import COMPRESSIBLE, Plan
 Decision = dict  # {"layer": str, "idxs": list[int]}
 
 
-def prune_channels(model: nn.Module, plan: Plan, example: torch.Tensor) -> list[Decision]:
+def prune_channels(model: nn.Module, plan: Plan, example: Example) -> list[Decision]:
     """Remove the lowest-magnitude channel groups to each layer's keep ratio; return the decisions."""
     ratios = {
         m: 1.0 - lp.keep_ratio
@@ -40,7 +41,7 @@ def prune_channels(model: nn.Module, plan: Plan, example: torch.Tensor) -> list[
         round_to=4,  # keeps channel counts 2:4- and kernel-friendly
     )
     with torch.no_grad():
-        expected = model(example).shape
+        expected = call(model, example).shape
     decisions = []
     for group in pruner.step(interactive=True):
         root = group[0].dep.target.module
@@ -62,21 +63,21 @@ class PruningBroke(StageError):
         self.why = why
 
 
-def _check_still_works(model: nn.Module, example: torch.Tensor, expected: torch.Size) -> None:
+def _check_still_works(model: nn.Module, example: Example, expected: torch.Size) -> None:
     if why := _breakage(model, example, expected):
         raise PruningBroke(why)
 
 
-def _breakage(model: nn.Module, example: torch.Tensor, expected: torch.Size) -> str | None:
+def _breakage(model: nn.Module, example: Example, expected: torch.Size) -> str | None:
     try:
         with torch.no_grad():
-            shape = model(example).shape
+            shape = call(model, example).shape
     except RuntimeError as exc:
         return str(exc).splitlines()[0]
     return f"output shape {list(expected)} -> {list(shape)}" if shape != expected else None
 
 
-def pruning_breaks(model: nn.Module, plan: Plan, example: torch.Tensor) -> dict[str, str]:
+def pruning_breaks(model: nn.Module, plan: Plan, example: Example) -> dict[str, str]:
     """The layers whose channel removal, at their planned keep ratio, breaks the forward pass
     (a reshape into attention heads, a BatchNorm over another axis), each with what broke.
     All are tried together on a copy; only if that fails, one at a time in order, each kept
@@ -121,7 +122,7 @@ def kept_channels(teacher: nn.Module, student: nn.Module) -> dict[str, list[int]
     return {n: [before[n], m.weight.shape[0]] for n, m in student.named_modules() if n in before}
 
 
-def replay_pruning(model: nn.Module, decisions: list[Decision], example: torch.Tensor) -> nn.Module:
+def replay_pruning(model: nn.Module, decisions: list[Decision], example: Example) -> nn.Module:
     """Apply recorded decisions to a fresh teacher copy, giving the same architecture."""
     if not decisions:
         return model

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module
 
+from ..data.inputs import as_example, call
 from .modules import QuantLayer
 
 
@@ -50,7 +51,7 @@ def mean_inputs(
     ]
     try:
         for start in range(0, len(x), batch_size):
-            model(torch.from_numpy(x[start : start + batch_size]))
+            call(model, as_example(x[start : start + batch_size]))
     finally:
         for hook in hooks:
             hook.remove()

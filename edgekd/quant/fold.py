@@ -13,12 +13,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..data.inputs import Example
 from ..plan import COMPRESSIBLE
 
 PLAIN_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
+def fold_batchnorm(model: nn.Module, example: Example) -> nn.Module:
     ranks: dict[nn.Module, int] = {}  # each Linear's output rank: its features are axis 1 at 2
     hooks = [
         m.register_forward_hook(lambda mod, _i, out: ranks.__setitem__(mod, out.dim()))

@@ -28,7 +28,8 @@ LayerKernel = dict[str, str]  # {"kernel": what the runtime named it, "kind": "i
 
 class Session(Protocol):
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Run one float32 input; return the first output as a float32 array."""
+        """Run the inputs ``x`` (one array, or a structured array of named inputs:
+        ``data.inputs``); return the first output as a float32 array."""
         ...
 
     def bound(self, x: np.ndarray) -> Callable[[], object]:

@@ -21,8 +21,11 @@ def null_graph(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """``model``'s first input and its outputs (same names, types, shapes) joined by Flatten,
     Slice or Pad, and Reshape (and Cast to another type): the outputs read the input and
     compute nothing. None (then no floor is timed) when the input or an output has no batch
-    axis, is not static past it, holds no elements, or an output is the input itself."""
+    axis, is not static past it, holds no elements, or an output is the input itself; or when
+    the model takes several inputs (the floor graph would have to read them all)."""
     graph = model.graph
+    if len(graph.input) != 1:
+        return None
     source = graph.input[0]
     features = _static_size(source)
     if features is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.atomic import atomic_path
+from edgekd.data.inputs import SINGLE, feed
 from edgekd.runtimes import LayerKernel, Precision, runtime_failure, weight_names
 
 # Ops ORT's QDQ fusions produce that compute on int8 activations and int8 weights.
@@ -104,16 +105,20 @@ class _OrtSession:
     def __init__(self, session, artifact: Path, threads: int | None, precision: Precision) -> None:
         self._session = session
         self._artifact, self._threads, self._precision = artifact, threads, precision
-        self._input = session.get_inputs()[0].name
+        self._inputs = [i.name for i in session.get_inputs()]
         self._output = session.get_outputs()[0].name
 
+    def _feed(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        arrays = feed(x)  # named inputs by the exported graph's names, which are theirs
+        return {self._inputs[0]: arrays[SINGLE]} if list(arrays) == [SINGLE] else arrays
+
     def run(self, x: np.ndarray) -> np.ndarray:
-        feed = {self._input: np.ascontiguousarray(x, dtype=np.float32)}
-        return np.asarray(self._session.run([self._output], feed)[0], dtype=np.float32)
+        return np.asarray(self._session.run([self._output], self._feed(x))[0], dtype=np.float32)
 
     def bound(self, x: np.ndarray):
         binding = self._session.io_binding()
-        binding.bind_cpu_input(self._input, np.ascontiguousarray(x, dtype=np.float32))
+        for name, array in self._feed(x).items():
+            binding.bind_cpu_input(name, array)
         binding.bind_output(self._output)
 
         def call():

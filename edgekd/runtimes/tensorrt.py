@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.atomic import atomic_path
+from edgekd.data.inputs import feed
 from edgekd.errors import StageError
 from edgekd.runtimes import LayerKernel, Precision
 
@@ -145,7 +146,7 @@ class _EngineSession:
         """Copy ``x`` to the GPU and allocate the outputs there; returns them (kept alive)."""
         import torch
 
-        host = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        (host,) = (torch.from_numpy(a) for a in feed(x).values())  # one input (checked at open)
         self._device_x = host.to("cuda", self._dtypes[self._input])
         self._context.set_input_shape(self._input, tuple(self._device_x.shape))
         self._context.set_tensor_address(self._input, self._device_x.data_ptr())
