@@ -127,6 +127,14 @@ def test_a_layer_the_forward_never_calls_is_left_out_of_the_plan_with_a_note():
     assert "called 2 times: channels kept" in plan.layer("shared").notes
 
 
+def test_a_layer_whose_output_the_model_never_reads_is_left_out_of_the_plan():
+    model = zoo.tiny_bert()
+    x = as_example(named(zoo.token_data(2)))
+    plan = _plan(model, x)
+    assert plan.layer("pooler") is None and plan.layer("classifier") is not None
+    assert any("output unread" in note and "pooler" in note for note in plan.adjustments)
+
+
 def test_equal_weights_export_by_module_and_each_call_of_a_module_reads_quantized_input():
     model, x = zoo.shared_layers(), _example()
     torch.testing.assert_close(model.left.weight, model.right.weight)  # untrained: still equal

@@ -239,8 +239,8 @@ class TokenBatchNorm(nn.Module):
 
 class TinyBert(nn.Module):
     """A BERT classifier on token ids and an attention mask (int64 inputs): embeddings, two
-    encoder layers with masked attention, masked mean pooling; and a pooler it never calls,
-    as Hugging Face's BertModel has."""
+    encoder layers with masked attention, masked mean pooling; and a pooler whose output the
+    classifier never reads, as Hugging Face's BertModel computes one under a mean-pooling head."""
 
     def __init__(self, vocab: int = 100, dim: int = 32, heads: int = 4, tokens: int = 12) -> None:
         super().__init__()
@@ -272,6 +272,7 @@ class TinyBert(nn.Module):
             attn = scores.masked_fill(~keep, -1e4).softmax(-1) @ v
             x = layer["norm1"](x + layer["out"](attn.transpose(1, 2).reshape(b, n, -1)))
             x = layer["norm2"](x + layer["ffn2"](F.gelu(layer["ffn1"](x))))
+        self.pooled = torch.tanh(self.pooler(x[:, 0]))  # computed, never read by the head
         mask = attention_mask[..., None].to(x.dtype)
         return self.classifier((x * mask).sum(1) / mask.sum(1))
 

@@ -37,6 +37,7 @@ def export_float(model: nn.Module, example: Example) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter narrates every step and warns about optional torchvision ops; keep the CLI quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    logging.getLogger("onnxscript").setLevel(logging.ERROR)  # folding it tries and leaves
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:

@@ -157,6 +157,7 @@ class Traced:
     skip_from: dict[str, str]  # layer -> the module whose output it shares with a residual add
     reads_output: dict[str, str]  # layer -> the layer whose output it reads among other readers
     calls: dict[str, int]  # layer -> how many times the forward calls it (absent: never)
+    unread: set[str]  # layers called whose output never reaches the model's (a pooler unread)
 
 
 def trace_layers(model: nn.Module, example: Example) -> Traced:
@@ -237,7 +238,8 @@ def trace_layers(model: nn.Module, example: Example) -> Traced:
         and sum(type(u).__name__.startswith("AddBackward") for u in users[fn]) == 1  # an add
     }
     layer_calls = {name: n for name, n in calls.items() if name in ranks}
-    return Traced(outputs, ranks, clamps, fed_by, skip_from, reads_output, layer_calls)
+    unread = {name for fn, name in made_by.items() if fn not in seen}
+    return Traced(outputs, ranks, clamps, fed_by, skip_from, reads_output, layer_calls, unread)
 
 
 def _tracked(example: Example) -> Example:
@@ -305,10 +307,9 @@ def resolve_plan(
     for name, module in teacher.named_modules():
         if not isinstance(module, COMPRESSIBLE):
             continue
-        if name not in traced.calls:  # e.g. a pooler a classifier never calls: not in any graph
-            adjustments.setdefault("not called by the teacher's forward: left as it is", []).append(
-                name
-            )
+        if name not in traced.calls or name in traced.unread:  # in no exported graph
+            why = "not called by" if name not in traced.calls else "its output unread in"
+            adjustments.setdefault(f"{why} the teacher's forward: left as it is", []).append(name)
             continue
         op = (
             "Conv"
