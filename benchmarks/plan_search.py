@@ -113,7 +113,7 @@ def _teacher_table(name: str, args: argparse.Namespace, root: Path) -> Table:
                     m["agreement"] if m else "-",
                     facts.get("size", measured.get((model, "size"), "-")),
                     runtime, str(batch),
-                    f"{m['ratio']:.2f}x" if m else "-",
+                    f"{m['ratio']:.2f}x" if m and "ratio" in m else "-",
                     facts.get("predicted", {}).get(f"{runtime} b{batch}", "-"),
                     facts["seconds"] if (runtime, batch) == (RUNTIMES[0], args.batches[0]) else "",
                 )  # fmt: skip
@@ -184,8 +184,14 @@ def _measure(teacher_onnx, models, x, reference, args, tmp: Path) -> dict:
         sessions = {}
         (tmp / name).mkdir(parents=True, exist_ok=True)
         for i, (model, path) in enumerate({"teacher": teacher_onnx, **models}.items()):
-            artifact = runtime.build(path, tmp / name / f"{i}{runtime.artifact_suffix}")
-            sessions[model] = runtime.open(artifact, None, "deploy")
+            try:
+                artifact = runtime.build(path, tmp / name / f"{i}{runtime.artifact_suffix}")
+                sessions[model] = runtime.open(artifact, None, "deploy")
+            except EdgeKDError as exc:  # e.g. a quantizer's graph this runtime rejects
+                if model == "teacher":
+                    raise
+                for batch in args.batches:
+                    results[(model, name, batch)] = {"agreement": f"cannot load: {exc.message}"}
         for model, session in sessions.items():
             got = np.concatenate([session.run(x[i : i + 32]) for i in range(0, len(x), 32)])
             same = float((got.argmax(1) == reference.argmax(1)).mean())
@@ -199,7 +205,7 @@ def _measure(teacher_onnx, models, x, reference, args, tmp: Path) -> dict:
                 {model: s.bound(inputs) for model, s in sessions.items()},
                 warmup=5, min_runs=30, min_seconds=args.seconds,
             )  # fmt: skip
-            for model in models:
+            for model in sessions.keys() - {"teacher"}:
                 results[(model, name, batch)]["ratio"] = stats["teacher"].p50 / stats[model].p50
     for model, path in models.items():
         results[(model, "size")] = f"{teacher_onnx.stat().st_size / path.stat().st_size:.2f}x"

@@ -13,6 +13,7 @@ Use from the repository root, e.g.::
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,11 @@ def minilm() -> torch.nn.Module:
 
     encoder = _minilm_encoder()
     model = MiniLMClassifier(encoder, MINILM_CLASSES)
-    head = cache_dir() / "minilm-topic-head.pt"
+    # the sentences are the running Python's docstrings: one head per classes and version
+    head = (
+        cache_dir()
+        / f"minilm-topic-head-{MINILM_CLASSES}-py{sys.version_info[0]}{sys.version_info[1]}.pt"
+    )
     if not head.is_file():
         from sklearn.cluster import KMeans
         from sklearn.linear_model import LogisticRegression

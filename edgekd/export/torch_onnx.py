@@ -69,9 +69,16 @@ def _optimize(model: ir.Model) -> None:
     for _ in range(2):
         optimizer.fold_constants(model, onnx_shape_inference=True)
         rewriter.rewrite(model)
-    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    common_passes.RemoveUnusedNodesPass()(model)
-    common_passes.NameFixPass()(model)
+    for step in (
+        common_passes.RemoveUnusedNodesPass(),
+        common_passes.RemoveUnusedFunctionsPass(),
+        common_passes.RemoveUnusedOpsetsPass(),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common_passes.LiftSubgraphInitializersToMainGraphPass(),
+        common_passes.OutputFixPass(),  # an output that is an input, or one twice
+        common_passes.NameFixPass(),
+    ):
+        step(model)
 
 
 def student_onnx(student: nn.Module, example: Example) -> onnx.ModelProto:
