@@ -17,6 +17,7 @@ from .pipeline import check_fit
 from .plan import COMPRESSIBLE, Plan
 from .prune.sparsity import is_2of4
 from .quant import QuantLayer
+from .recipe import load_recipe
 from .rundir import RunDir
 
 
@@ -29,7 +30,8 @@ def inspect_target(spec: str, data: str | None = None, trust: bool = False) -> l
         teacher = load_teacher(
             cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log=lambda _: None
         )
-        x = load_data(cfg["data"]).train.x
+        recipe = load_recipe(cfg["recipe"], cfg["set"])
+        x = load_data(cfg["data"], recipe.data.transform, teacher).train.x
         example = as_example(x[:2])
         plan = Plan.from_dict(Context.read_json_file(path / "plan" / "plan.json"))
         for stage in ("distill", "prune"):
@@ -38,7 +40,7 @@ def inspect_target(spec: str, data: str | None = None, trust: bool = False) -> l
                 return layer_table(model, as_example(x[:1]))
         return layer_table(teacher, as_example(x[:1]))
     teacher = load_teacher(spec, None, trust, log=lambda _: None)
-    splits = load_data(data)
+    splits = load_data(data, None, teacher)
     try:
         check_fit(teacher, splits, data or "digits")
     except ShapeError as exc:

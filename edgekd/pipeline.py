@@ -154,8 +154,8 @@ def _load(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     error."""
     recipe = load_recipe(cfg["recipe"], cfg["set"])
     targets = [load_target(t) for t in cfg["targets"]]
-    data = load_data(cfg["data"])
     teacher = load_teacher(cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log)
+    data = load_data(cfg["data"], recipe.data.transform, teacher)  # its declared preprocessing
     check_fit(teacher, data, cfg["data"])
     space = plan.resolve_plan(recipe, targets, teacher, as_example(data.train.x[:2]))
     return {"recipe": recipe, "targets": targets, "teacher": teacher, "data": data, "space": space}
@@ -166,6 +166,8 @@ def _context(
 ) -> Context:
     recipe, teacher, data, space = parts["recipe"], parts["teacher"], parts["data"], parts["space"]
     write_text(run.path / "recipe.yaml", recipe.to_yaml())
+    for note in data.notes:
+        log(f"data: {note}")
     for note in space.adjustments:
         log(f"plan: {note}")
     ctx = Context(

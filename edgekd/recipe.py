@@ -128,6 +128,22 @@ class PlanRecipe(Section):
     max_rounds: Count = 3  # searches, each followed by distillation and the gate
 
 
+class TransformRecipe(Section):
+    """How an image folder's files become the teacher's inputs. Unset keys take what the teacher
+    declares (timm's ``pretrained_cfg``), else ImageNet's mean and std for 3-channel images, and
+    a resize and center crop only where the images differ in size (ImageNet's 256 / 224)."""
+
+    resize: Count | None = None  # the shorter side, in pixels, before the crop
+    crop: Count | None = None  # a center square of this side
+    mean: list[Number] | None = None  # per channel, on pixels scaled to [0, 1]
+    std: list[Positive] | None = None
+    interpolation: Literal["nearest", "bilinear", "bicubic"] | None = None  # default bilinear
+
+
+class DataRecipe(Section):
+    transform: TransformRecipe = Field(default_factory=TransformRecipe)
+
+
 class Recipe(Section):
     name: str = "custom"
     description: str = ""
@@ -137,6 +153,7 @@ class Recipe(Section):
     verify: VerifyRecipe = Field(default_factory=VerifyRecipe)
     bench: BenchRecipe = Field(default_factory=BenchRecipe)
     plan: PlanRecipe = Field(default_factory=PlanRecipe)
+    data: DataRecipe = Field(default_factory=DataRecipe)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -8,6 +8,7 @@ from PIL import Image
 from edgekd.data import load_data
 from edgekd.errors import InputError, UsageError
 from edgekd.models import load_teacher
+from edgekd.recipe import load_recipe
 
 
 def test_digits_split_is_seeded_and_disjoint():
@@ -127,3 +128,52 @@ def test_an_npz_of_several_named_arrays_is_several_inputs_each_keeping_its_dtype
     assert data.train.x.dtype.names == ("input_ids", "attention_mask")
     assert data.train.x["input_ids"].dtype == np.int64 and data.labelled
     assert data.input_shapes == "input_ids [12] int64, attention_mask [12] int64"
+
+
+def _photos(folder, sizes, color=(255, 0, 128), suffix=".jpg"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h), color).save(folder / f"{i}{suffix}")
+
+
+def test_a_folder_with_one_subfolder_of_photos_is_unlabelled_and_says_so(tmp_path):
+    """Not one class: an ImageNet teacher would score 0% on it and the student be trained to
+    say class 0, reported as 100% accuracy."""
+    _photos(tmp_path / "photos", [(40, 30)] * 30)
+    data = load_data(str(tmp_path))
+    assert not data.labelled
+    assert any("one subfolder ('photos')" in note and "unlabelled" in note for note in data.notes)
+    flat = tmp_path / "flat"
+    _photos(flat, [(40, 30)] * 30, suffix=".png")
+    assert not load_data(str(flat)).labelled
+
+
+def test_photos_of_mixed_sizes_get_imagenets_resize_crop_mean_and_std_by_default(tmp_path):
+    _photos(tmp_path / "photos", [(300, 260), (640, 480), (260, 400)] * 10)
+    data = load_data(str(tmp_path))
+    assert data.train.x.shape[1:] == (3, 224, 224)
+    red = (1.0 - 0.485) / 0.229  # a red pixel after ImageNet's mean and std
+    np.testing.assert_allclose(data.train.x[0, 0, 100, 100], red, rtol=0, atol=0.02)
+    assert any(
+        "resize 256, center crop 224" in n and "ImageNet's defaults" in n for n in data.notes
+    )
+
+
+def test_the_recipes_transform_wins_over_the_teachers_declared_one_which_wins_over_defaults(
+    tmp_path,
+):
+    _photos(tmp_path / "photos", [(50, 40), (64, 64)] * 12)
+    teacher = torch.nn.Identity()
+    teacher.pretrained_cfg = {"mean": [0.5] * 3, "std": [0.5] * 3, "input_size": (3, 32, 32),
+                              "crop_pct": 1.0}  # fmt: skip
+    data = load_data(str(tmp_path), None, teacher)
+    assert data.train.x.shape[1:] == (3, 32, 32)
+    np.testing.assert_allclose(data.train.x[0, :, 5, 5], [1.0, -1.0, 0.004], atol=0.01)
+    recipe = load_recipe("auto", ["data.transform.crop=16", "data.transform.resize=20",
+                                  "data.transform.mean=[0, 0, 0]", "data.transform.std=[1, 1, 1]"])  # fmt: skip
+    data = load_data(str(tmp_path), recipe.data.transform, teacher)
+    assert data.train.x.shape[1:] == (3, 16, 16)
+    np.testing.assert_allclose(data.train.x[0, :, 5, 5], [1.0, 0.0, 0.502], atol=0.01)
+    assert any(
+        "from the recipe" in n and "from the teacher's pretrained_cfg" not in n for n in data.notes
+    )

@@ -2,32 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, UsageError
 from ..specs import import_factory
+from .images import declared, load_image_folder
 from .inputs import named
 from .splits import DataSplits, Split, split_arrays
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
-
-def load_data(spec: str | None) -> DataSplits:
+def load_data(spec: str | None, transform: Any = None, teacher: Any = None) -> DataSplits:
+    """``transform``: the recipe's ``data.transform``, and ``teacher`` the model whose declared
+    preprocessing fills what it leaves unset; both for image folders only."""
     spec = spec or "digits"
     if spec == "digits":
         return _digits()
     path = Path(spec)
     if path.is_dir():
-        return _image_folder(path)
+        return _image_folder(path, transform, teacher)
     if spec.endswith(".npz"):
         return _npz(path)
     if ":" in spec and not path.exists():
         return _factory(spec)
     raise InputError(
-        f"data '{spec}' not found; pass 'digits', an image folder (one subfolder per class), "
+        f"data '{spec}' not found; pass 'digits', an image folder (one subfolder per class, or unlabelled images), "
         "an .npz with 'x' (and optional 'y'), or package.module:factory"
     )
 
@@ -60,34 +63,9 @@ def _npz(path: Path) -> DataSplits:
     return split_arrays(path.stem, x, y)
 
 
-def _image_folder(root: Path) -> DataSplits:
-    """One subfolder per class; images keep their size (all must match) and scale to [0, 1]."""
-    from PIL import Image
-
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise InputError(
-            f"image folder '{root}' has no class subfolders; put images in {root}/<class>/"
-        )
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for f in sorted((root / cls).iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(f) as img:
-                    images.append(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
-            except OSError as exc:
-                raise InputError(f"image '{f}' is unreadable ({exc})") from None
-            labels.append(label)
-    if not images:
-        raise InputError(
-            f"image folder '{root}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    if len({im.shape for im in images}) > 1:
-        raise InputError(f"images in '{root}' differ in size; resize them to one size first")
-    x = np.stack(images).transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    return split_arrays(root.name, x, np.asarray(labels))
+def _image_folder(root: Path, transform: Any, teacher: Any) -> DataSplits:
+    x, y, notes = load_image_folder(root, transform, declared(teacher) if teacher else {})
+    return dataclasses.replace(split_arrays(root.name, x, y), notes=tuple(notes))
 
 
 def _factory(spec: str) -> DataSplits:

@@ -29,6 +29,7 @@ class DataSplits:
     train: Split
     val: Split
     test: Split
+    notes: tuple[str, ...] = ()  # what loading assumed (an image folder's transform, ...)
 
     @property
     def labelled(self) -> bool:
