@@ -96,6 +96,9 @@ class DistillRecipe(Section):
     # weight of the KD term; 1 - alpha goes to cross-entropy where labels exist
     alpha: Fraction = 0.8
     seed: int = 0
+    # CPU threads for training and its evaluations; None: torch's default (the physical cores).
+    # Fewer when the machine is shared: oversubscribed threads slowed one job 15x
+    threads: Count | None = None
 
 
 class VerifyRecipe(Section):

@@ -162,3 +162,19 @@ def test_epochs_rank_by_accuracy_on_labelled_data_and_by_kl_to_the_teacher_witho
     assert epoch_rank(trained, labelled=False) > epoch_rank(untrained, labelled=False)
     assert epoch_rank(trained, labelled=True) < epoch_rank(untrained, labelled=True)
     assert epoch_rank((0.9, -0.1), labelled=True) < epoch_rank((0.9, -0.01), labelled=True)
+
+
+def test_distillation_runs_on_the_threads_the_recipe_sets_and_restores_them(tiny, example):
+    from edgekd.data import load_data
+    from edgekd.distill.train import distill, torch_threads
+
+    seen: set[int] = set()
+    student = copy.deepcopy(tiny)
+    student.register_forward_hook(lambda *_: seen.add(torch.get_num_threads()))
+    cfg = load_recipe(
+        "default", ["distill.epochs=1", "distill.lr=0.001", "distill.threads=1"]
+    ).distill
+    before = torch.get_num_threads()
+    with torch_threads(cfg.threads):
+        distill(student, tiny, load_data("digits"), cfg, log=lambda _: None)
+    assert seen == {1} and torch.get_num_threads() == before

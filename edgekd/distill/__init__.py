@@ -6,7 +6,7 @@ from ..context import Context
 from ..evaluate import accuracy, predict, torch_fn
 from ..models import load_student, save_student
 from ..quant import fold_batchnorm, prepare_qat
-from .train import distill
+from .train import distill, torch_threads
 
 
 def run(ctx: Context) -> Context:
@@ -15,7 +15,8 @@ def run(ctx: Context) -> Context:
     )
     fold_batchnorm(student, ctx.example)
     prepare_qat(student, ctx.plan)
-    result = distill(student, ctx.teacher, ctx.data, ctx.recipe.distill, ctx.log, ctx.progress)
+    with torch_threads(ctx.recipe.distill.threads):
+        result = distill(student, ctx.teacher, ctx.data, ctx.recipe.distill, ctx.log, ctx.progress)
     save_student(student, ctx.out("student.pt"), ckpt["pruning"], folded=True, quantized=True)
     test = ctx.data.test
     teacher_logits = predict(torch_fn(ctx.teacher), test.x)
