@@ -36,6 +36,7 @@ def test_every_stage_is_done_in_the_manifest(demo_run):
         rec = manifest["stages"][stage]
         assert rec["outputs"] and rec["inputs"]["config"] == manifest["fingerprints"][stage]
         assert rec["versions"]["torch"] and rec["seconds"] >= 0
+    assert not (run / "distill" / "checkpoint.pt").exists()  # the epoch checkpoint goes when done
 
 
 def test_student_is_within_two_points_of_teacher(demo_run):

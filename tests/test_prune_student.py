@@ -178,3 +178,53 @@ def test_distillation_runs_on_the_threads_the_recipe_sets_and_restores_them(tiny
     with torch_threads(cfg.threads):
         distill(student, tiny, load_data("digits"), cfg, log=lambda _: None)
     assert seen == {1} and torch.get_num_threads() == before
+
+
+def test_distillation_killed_after_an_epoch_resumes_there_and_ends_as_if_never_stopped(
+    tiny, example, tmp_path, monkeypatch
+):
+    from edgekd.data import load_data
+    from edgekd.distill import train
+    from edgekd.distill.checkpoint import EpochCheckpoint
+
+    data = load_data("digits")
+    cfg = load_recipe(
+        "default", ["distill.epochs=4", "distill.lr=auto", "distill.patience=4"]
+    ).distill
+
+    def student():
+        s = prepare_qat(
+            fold_batchnorm(copy.deepcopy(tiny), example), _plan(tiny, example, "default")
+        )
+        with torch.no_grad():  # far from the teacher, so every epoch moves it
+            torch.manual_seed(1)
+            for w in s.parameters():
+                w.add_(0.3 * w.std() * torch.randn_like(w))
+        return s
+
+    whole = student()
+    train.distill(whole, tiny, data, cfg, log=lambda _: None)
+
+    checkpoint = EpochCheckpoint(tmp_path / "checkpoint.pt", key="inputs")
+    killed, real_rank, calls = student(), train.epoch_rank, []
+
+    def rank_then_die(score, labelled):
+        calls.append(1)
+        if len(calls) == 5:  # twice per epoch: epoch 3 is being ranked, not yet saved
+            raise KeyboardInterrupt
+        return real_rank(score, labelled)
+
+    monkeypatch.setattr(train, "epoch_rank", rank_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.distill(killed, tiny, data, cfg, log=lambda _: None, checkpoint=checkpoint)
+    monkeypatch.setattr(train, "epoch_rank", real_rank)
+    saved = checkpoint.load()
+    assert saved is not None and saved["history"][-1]["epoch"] == 2
+    lines: list[str] = []
+    resumed = student()
+    result = train.distill(resumed, tiny, data, cfg, log=lines.append, checkpoint=checkpoint)
+    assert any(line.startswith("  resumed after epoch") for line in lines)
+    assert result["epochs_run"] == 4
+    for got, want in zip(resumed.state_dict().values(), whole.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert EpochCheckpoint(tmp_path / "checkpoint.pt", key="other").load() is None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from ..context import Context
 from ..evaluate import accuracy, predict, torch_fn
 from ..models import load_student, save_student
 from ..quant import fold_batchnorm, prepare_qat
+from .checkpoint import NAME as CHECKPOINT
+from .checkpoint import EpochCheckpoint
 from .train import distill, torch_threads
 
 
@@ -15,8 +19,15 @@ def run(ctx: Context) -> Context:
     )
     fold_batchnorm(student, ctx.example)
     prepare_qat(student, ctx.plan)
+    checkpoint = EpochCheckpoint(  # a killed run resumes after its last finished epoch
+        ctx.run.path / ctx.stage / CHECKPOINT,
+        json.dumps(ctx.run.stage(ctx.stage)["inputs"], sort_keys=True),
+    )
     with torch_threads(ctx.recipe.distill.threads):
-        result = distill(student, ctx.teacher, ctx.data, ctx.recipe.distill, ctx.log, ctx.progress)
+        result = distill(
+            student, ctx.teacher, ctx.data, ctx.recipe.distill, ctx.log, ctx.progress, checkpoint
+        )
+    checkpoint.clear()
     save_student(student, ctx.out("student.pt"), ckpt["pruning"], folded=True, quantized=True)
     test = ctx.data.test
     teacher_logits = predict(torch_fn(ctx.teacher), test.x)

@@ -19,6 +19,7 @@ from ..prune.sparsity import reapply_masks
 from ..quant import ActQuant
 from ..quant.bias import correct_student
 from ..recipe import DistillRecipe
+from .checkpoint import EpochCheckpoint
 from .losses import kd_loss
 
 # Learning rates ``distill.lr: auto`` tries: from a from-scratch student's to a pretrained one's.
@@ -33,6 +34,7 @@ def distill(
     cfg: DistillRecipe,
     log: Callable[[str], None],
     progress: Progress = no_progress,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> dict:
     """Train in place; keep the weights of the epoch with the best validation score: accuracy
     (ties go to the lower KL to the teacher) on labelled data, the KL to the teacher on
@@ -56,7 +58,11 @@ def distill(
     training mode (val KL 0.0036 before, 0.024 after 4 steps at 1e-5; 0.0040 with only the
     observers in training mode) and toward it in eval mode (0.0028). Trained 3 epochs so, it
     agreed with the teacher on 98.8% of the test crops (97.5% untrained); with the ranges
-    observed afresh after each epoch, no epoch beat the untrained student."""
+    observed afresh after each epoch, no epoch beat the untrained student.
+
+    ``checkpoint``: saved after every epoch (weights, optimizer, schedule, the shuffling
+    generator, the best epoch so far), and resumed from when it holds this training's state, so
+    the resumed run ends with the weights the uninterrupted one would have."""
     torch.manual_seed(cfg.seed)
     x = data.train.x
     y = None if data.train.y is None else torch.from_numpy(data.train.y)
@@ -91,7 +97,10 @@ def distill(
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in student.parameters() if p.requires_grad]
     lr, probed = cfg.lr, {}
-    if lr == "auto":
+    resumed = checkpoint.load() if checkpoint else None
+    if resumed:
+        lr, probed = resumed["lr"], resumed["probed"]
+    elif lr == "auto":
         start = copy.deepcopy(student.state_dict())
         batches = torch.randperm(len(x), generator=gen).split(cfg.batch_size)[:PROBE_STEPS]
         for rate in PROBE_LRS:
@@ -110,20 +119,30 @@ def distill(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
     )
-    val = score()
-    best: tuple[tuple[float, float], dict] = (val, copy.deepcopy(student.state_dict()))
-    best_epoch = 0
-    history = [{"epoch": 0, "loss": None, "val_accuracy": val[0], "val_kl": -val[1]}]
-    log(f"  epoch   0/{cfg.epochs}  calibrated, before training  val {val[0]:.1%}")
-    epochs = cfg.epochs
-    if probed and min(probed.values()) >= -val[1]:  # EfficientNet-Lite0 on 140 photos: 10x
-        epochs = 0
-        log(
-            f"  every rate moved the student away from the teacher (KL {-val[1]:.4f} before "
-            "training): the calibrated student is kept untrained; set distill.lr to train anyway"
-        )
-    with progress("distill", epochs * steps_per_epoch) as advance:
-        for epoch in range(1, epochs + 1):
+    if resumed:
+        student.load_state_dict(resumed["student"])
+        opt.load_state_dict(resumed["optimizer"])
+        sched.load_state_dict(resumed["schedule"])
+        gen.set_state(resumed["generator"])
+        best = (tuple(resumed["best_score"]), resumed["best_state"])
+        best_epoch, history, epochs = resumed["best_epoch"], resumed["history"], resumed["epochs"]
+        log(f"  resumed after epoch {history[-1]['epoch']} ({checkpoint.path})")
+    else:
+        val = score()
+        best = (val, copy.deepcopy(student.state_dict()))
+        best_epoch = 0
+        history = [{"epoch": 0, "loss": None, "val_accuracy": val[0], "val_kl": -val[1]}]
+        log(f"  epoch   0/{cfg.epochs}  calibrated, before training  val {val[0]:.1%}")
+        epochs = cfg.epochs
+        if probed and min(probed.values()) >= -val[1]:  # EfficientNet-Lite0 on 140 photos: 10x
+            epochs = 0
+            log(
+                f"  every rate moved the student away from the teacher (KL {-val[1]:.4f} before "
+                "training): the calibrated student is kept untrained; set distill.lr to train anyway"
+            )
+    done = history[-1]["epoch"]
+    with progress("distill", (epochs - done) * steps_per_epoch) as advance:
+        for epoch in range(done + 1, epochs + 1):
             batches = torch.randperm(len(x), generator=gen).split(cfg.batch_size)
             losses = train_steps(
                 opt, batches, f"at epoch {epoch}", after_step=lambda: (sched.step(), advance())
@@ -134,6 +153,13 @@ def distill(
             if epoch_rank(val, data.labelled) >= epoch_rank(best[0], data.labelled):
                 best, best_epoch = (val, copy.deepcopy(student.state_dict())), epoch
             stopped = epoch < epochs and epoch - best_epoch >= cfg.patience
+            if checkpoint and not stopped and epoch < epochs:
+                checkpoint.save(
+                    student=student.state_dict(), optimizer=opt.state_dict(),
+                    schedule=sched.state_dict(), generator=gen.get_state(),
+                    best_score=list(best[0]), best_state=best[1], best_epoch=best_epoch,
+                    history=history, epochs=epochs, lr=lr, probed=probed,
+                )  # fmt: skip
             if epoch == 1 or epoch % 5 == 0 or epoch == cfg.epochs or stopped:
                 log(
                     f"  epoch {epoch:>3}/{cfg.epochs}  loss {np.mean(losses):.4f}  val {val[0]:.1%}"
