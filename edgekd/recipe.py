@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 
@@ -141,6 +142,12 @@ class TransformRecipe(Section):
     mean: list[Number] | None = None  # per channel, on pixels scaled to [0, 1]
     std: list[Positive] | None = None
     interpolation: Literal["nearest", "bilinear", "bicubic"] | None = None  # default bilinear
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> TransformRecipe:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("set data.transform.mean and data.transform.std together")
+        return self
 
 
 class DataRecipe(Section):

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from edgekd.data import load_data
+from edgekd.data.images import _header
 from edgekd.errors import InputError, UsageError
 from edgekd.models import load_teacher
 from edgekd.recipe import load_recipe
@@ -177,3 +178,51 @@ def test_the_recipes_transform_wins_over_the_teachers_declared_one_which_wins_ov
     assert any(
         "from the recipe" in n and "from the teacher's pretrained_cfg" not in n for n in data.notes
     )
+
+
+def test_real_folders_hidden_entries_nesting_rotation_16_bit_and_empty_classes(tmp_path):
+    root = tmp_path / "labelled"
+    _photos(root / "cats" / "indoor", [(40, 30)] * 12)  # nested below the class folder
+    _photos(root / "dogs", [(40, 30)] * 12, color=(0, 255, 0))
+    (root / ".ipynb_checkpoints").mkdir()  # hidden: no class
+    (root / "dogs" / "._0.jpg").write_bytes(b"AppleDouble")  # hidden: no image
+    data = load_data(str(root))
+    labels = np.concatenate([data.train.y, data.val.y, data.test.y])
+    assert sorted(np.bincount(labels)) == [12, 12]
+    (root / "birds").mkdir()
+    with pytest.raises(InputError, match="class folder .*birds' holds no images"):
+        load_data(str(root))
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(25):
+        img = Image.new("RGB", (40, 20), (255, 0, 0))
+        exif = img.getexif()
+        exif[0x0112] = 6  # shot rotated a quarter turn
+        img.save(flat / f"{i}.jpg", exif=exif)
+    Image.fromarray(np.full((20, 40), 30000, np.uint16)).save(flat / "deep.png")
+    assert _header(flat / "0.jpg") == ((20, 40), "RGB")  # as it is shown: upright
+    recipe = load_recipe("auto", ["data.transform.mean=[0, 0, 0]", "data.transform.std=[1, 1, 1]",
+                                  "data.transform.resize=16"]).data.transform  # fmt: skip
+    data = load_data(str(flat), recipe)
+    assert data.train.x.shape[1:] == (3, 16, 16)  # sizes differ: the resize crops square
+    x = np.concatenate([data.train.x, data.val.x, data.test.x])
+    grey = x[(x[:, 0] == x[:, 1]).all((1, 2))]
+    np.testing.assert_allclose(grey.mean(), 30000 / 65535, atol=0.01)  # scaled, not clipped white
+
+
+def test_a_grayscale_teacher_gets_grayscale_inputs_and_a_resize_alone_crops_square(tmp_path):
+    _photos(tmp_path / "photos", [(50, 40), (64, 64)] * 12)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten())
+    recipe = load_recipe("auto", ["data.transform.resize=20"]).data.transform
+    data = load_data(str(tmp_path), recipe, teacher)
+    assert data.train.x.shape[1:] == (1, 20, 20)
+    assert any("1-channel, resize 20, center crop 20, [0, 1], no mean/std" in n for n in data.notes)
+    with pytest.raises(UsageError, match="mean and data.transform.std together"):
+        load_recipe("auto", ["data.transform.mean=[0.5]"])
+
+
+def test_an_npz_with_x_and_other_arrays_says_how_to_name_them(tmp_path):
+    path = tmp_path / "mixed.npz"
+    np.savez(path, x=np.zeros((30, 4), np.float32), mask=np.ones((30, 4)))
+    with pytest.raises(InputError, match="holds 'x' and mask"):
+        load_data(str(path))

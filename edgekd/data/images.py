@@ -1,8 +1,10 @@
-"""Image folders: labelled (one subfolder per class) or not (images at the top, or a single
-subfolder), any sizes and formats, turned into the teacher's inputs by a transform: resize of
-the shorter side, center crop, scaling to [0, 1], mean and std. The transform is the recipe's
-(``data.transform``), else what the teacher declares (timm's ``pretrained_cfg``), else
-ImageNet's for 3-channel images: a pretrained teacher must see inputs like its training's."""
+"""Image folders: labelled (one subfolder per class, images at any depth below it) or not
+(images at the top, or a single subfolder), any sizes and formats, turned into the teacher's
+inputs by a transform: resize of the shorter side, center crop, scaling to [0, 1], mean and
+std. The transform is the recipe's (``data.transform``), else what the teacher declares (timm's
+``pretrained_cfg``), else ImageNet's for 3-channel images: a pretrained teacher must see inputs
+like its training's. Images are decoded one at a time into the stacked array, so a folder costs
+its transformed size in memory, not its decoded photos."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ..errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resize": 256, "crop": 224}
+PAIRS = (("mean", "std"), ("resize", "crop"))  # each pair comes from one source
 
 
 @dataclass(frozen=True)
@@ -25,23 +28,32 @@ class Transform:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     interpolation: str
+    channels: int  # 1 (grayscale) or 3 (RGB): what every image is converted to
 
     def describe(self) -> str:
         size = f"resize {self.resize}, " if self.resize else ""
         size += f"center crop {self.crop}, " if self.crop else ""
         norm = f"mean {list(self.mean)} std {list(self.std)}" if self.mean else "no mean/std"
-        return f"{size}[0, 1], {norm} ({self.interpolation})"
+        return f"{self.channels}-channel, {size}[0, 1], {norm}, {self.interpolation}"
 
 
 def declared(teacher: Any) -> dict[str, Any]:
-    """The preprocessing a teacher states (timm's ``pretrained_cfg`` / ``default_cfg``)."""
+    """The preprocessing a teacher states (timm's ``pretrained_cfg`` / ``default_cfg``), and
+    the channels its first convolution takes."""
+    from torch import nn
+
+    found: dict[str, Any] = {}
+    first = next((m for m in teacher.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels in (1, 3):
+        found["channels"] = first.in_channels
     cfg = getattr(teacher, "pretrained_cfg", None) or getattr(teacher, "default_cfg", None)
     if not isinstance(cfg, dict):
-        return {}
-    found: dict[str, Any] = {k: list(cfg[k]) for k in ("mean", "std") if cfg.get(k)}
+        return found
+    found.update({k: list(cfg[k]) for k in ("mean", "std") if cfg.get(k)})
     if size := cfg.get("input_size"):
-        found["crop"] = int(size[-1])
-        found["resize"] = round(size[-1] / cfg.get("crop_pct", 0.875))
+        found["channels"] = int(size[0])
+        found["crop"] = int(min(size[-2:]))
+        found["resize"] = round(found["crop"] / cfg.get("crop_pct", 0.875))
     if cfg.get("interpolation") in ("nearest", "bilinear", "bicubic"):
         found["interpolation"] = cfg["interpolation"]
     return found
@@ -49,17 +61,20 @@ def declared(teacher: Any) -> dict[str, Any]:
 
 def load_image_folder(root: Path, recipe: Any = None, teacher_cfg: dict | None = None):
     """(x, y or None, notes): the folder's images as inputs, with what was assumed."""
-    from PIL import Image
-
-    dirs = sorted(d for d in root.iterdir() if d.is_dir())
-    loose = sorted(f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    dirs = [d for d in _visible(root) if d.is_dir()]
+    loose = [f for f in _visible(root) if _is_image(f)]
     notes = []
     if len(dirs) >= 2 and loose:
         raise InputError(
             f"image folder '{root}' holds images beside class subfolders; move them into one"
         )
     if len(dirs) >= 2:
-        files = [(f, label) for label, d in enumerate(dirs) for f in _images(d)]
+        files = []
+        for label, d in enumerate(dirs):
+            found = _images(d)
+            if not found:
+                raise InputError(f"class folder '{d}' holds no images; remove it or fill it")
+            files += [(f, label) for f in found]
     else:
         files = [(f, None) for f in loose + (_images(dirs[0]) if dirs else [])]
         if dirs:
@@ -71,64 +86,107 @@ def load_image_folder(root: Path, recipe: Any = None, teacher_cfg: dict | None =
         raise InputError(
             f"image folder '{root}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    images = []
-    for f, _ in files:
-        try:
-            with Image.open(f) as img:
-                images.append(img.convert("RGB") if img.mode not in ("L", "RGB") else img.copy())
-        except OSError as exc:
-            raise InputError(f"image '{f}' is unreadable ({exc})") from None
-    if len({img.mode for img in images}) > 1:
-        images = [img.convert("RGB") for img in images]
-    transform, why = _resolve(recipe, teacher_cfg or {}, images)
-    notes.append(f"images: {transform.describe()} ({why})")
-    x = np.stack([_apply(img, transform) for img in images])
+    headers = [_header(f) for f, _ in files]  # sizes and modes, without decoding
+    transform, whence = _resolve(recipe, teacher_cfg or {}, headers)
+    notes.append(f"images: {transform.describe()} ({whence})")
+    first = _apply(_decode(files[0][0], transform.channels), transform)
+    x = np.empty((len(files), *first.shape), np.float32)
+    x[0] = first
+    for i, (f, _) in enumerate(files[1:], 1):
+        x[i] = _apply(_decode(f, transform.channels), transform)
     labels = [label for _, label in files]
     y = None if labels[0] is None else np.asarray(labels, np.int64)
     return x, y, notes
 
 
+def _visible(folder: Path) -> list[Path]:
+    """A folder's entries less hidden ones and archivers' leftovers (.DS_Store, ._x.jpg,
+    .ipynb_checkpoints, __MACOSX), which would become classes or unreadable images."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX")))
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def _images(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    """The images at any depth below ``folder``, hidden entries left out."""
+    found = []
+    for entry in _visible(folder):
+        found += _images(entry) if entry.is_dir() else [entry] if _is_image(entry) else []
+    return found
 
 
-def _resolve(recipe: Any, teacher_cfg: dict, images: list) -> tuple[Transform, str]:
-    """Each setting from the recipe, else the teacher, else the defaults; and whence."""
+def _header(path: Path) -> tuple[tuple[int, int], str]:
+    """(width, height) as displayed (EXIF orientation applied) and the mode, read lazily."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated a quarter turn
+                size = size[::-1]
+            return size, img.mode
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise InputError(f"image '{path}' is unreadable ({exc})") from None
+
+
+def _decode(path: Path, channels: int):
+    """The image upright, in 8 bits, as grayscale or RGB (16-bit ones scaled, not clipped)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode.startswith("I"):  # 16- or 32-bit integers: scale to 8 bits
+                wide = np.asarray(img, np.float64)
+                top = 65535 if wide.max() > 255 else 255
+                img = Image.fromarray(np.uint8(np.clip(wide / top * 255, 0, 255)))
+            return img.convert("L" if channels == 1 else "RGB")
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise InputError(f"image '{path}' is unreadable ({exc})") from None
+
+
+def _resolve(recipe: Any, teacher_cfg: dict, headers: list) -> tuple[Transform, str]:
+    """Each setting from the recipe, else the teacher, else the defaults; pairs (mean and
+    std; resize and crop) from one source; and whence each came."""
     given = {k: v for k, v in (recipe.model_dump() if recipe else {}).items() if v is not None}
-    sizes = {img.size for img in images}
+    sizes = {size for size, _ in headers}
+    gray = all(mode in ("L", "1") or mode.startswith("I") for _, mode in headers)
+    channels = given.get("channels") or teacher_cfg.get("channels") or (1 if gray else 3)
     defaults: dict[str, Any] = {"interpolation": "bilinear"}
-    if images[0].mode == "RGB":
+    if channels == 3:
         defaults.update(mean=IMAGENET["mean"], std=IMAGENET["std"])
     if len(sizes) > 1:  # one size is needed to stack them
         defaults.update(resize=IMAGENET["resize"], crop=IMAGENET["crop"])
-    settings = {**defaults, **teacher_cfg, **given}
-    source = {k: "recipe" if k in given else "teacher" if k in teacher_cfg else "default"
-              for k in settings if k != "interpolation"}  # fmt: skip
-    names = {"recipe": "the recipe", "teacher": "the teacher's pretrained_cfg",
-             "default": "ImageNet's defaults"}  # fmt: skip
+    settings, source = {}, {}
+    for keys in (*PAIRS, ("interpolation",)):
+        for who, values in (("recipe", given), ("teacher", teacher_cfg), ("default", defaults)):
+            if any(values.get(k) is not None for k in keys):
+                settings.update({k: values.get(k) for k in keys})
+                source.update(dict.fromkeys(keys, who))
+                break
+    if settings.get("resize") and not settings.get("crop"):
+        settings["crop"] = settings["resize"] if len(sizes) > 1 else None  # square, to stack
+    for key in ("mean", "std"):
+        if settings.get(key) is not None and len(settings[key]) != channels:
+            raise InputError(
+                f"data.transform.{key} ({source[key]}'s) has {len(settings[key])} values for "
+                f"the {channels}-channel inputs the teacher takes"
+            )
+    names = {"recipe": "the recipe", "teacher": "the teacher", "default": "ImageNet's defaults"}
     whence = "; ".join(
         f"{', '.join(k for k in source if source[k] == who)} from {name}"
         for who, name in names.items()
         if who in source.values()
     )
-    if len(sizes) > 1 and not settings.get("crop"):
-        raise InputError(
-            f"images differ in size ({len(sizes)} sizes) and data.transform.resize is set "
-            "without data.transform.crop; set crop so they come out one size"
-        )
-    channels = 1 if images[0].mode == "L" else 3
-    for key in ("mean", "std"):
-        if settings.get(key) is not None and len(settings[key]) != channels:
-            raise InputError(
-                f"data.transform.{key} has {len(settings[key])} values for {channels}-channel images"
-            )
     transform = Transform(
         settings.get("resize"), settings.get("crop"),
         tuple(settings["mean"]) if settings.get("mean") else None,
         tuple(settings["std"]) if settings.get("std") else None,
-        settings["interpolation"],
+        settings["interpolation"], channels,
     )  # fmt: skip
-    return transform, whence or "pixels as stored"
+    return transform, whence
 
 
 def _apply(img, t: Transform) -> np.ndarray:
@@ -144,14 +202,14 @@ def _apply(img, t: Transform) -> np.ndarray:
         w, h = img.size
         if min(w, h) < t.crop:
             raise InputError(
-                f"an image of {w}x{h} is smaller than the {t.crop}-pixel crop; set data.transform.resize"
+                f"an image of {w}x{h} is smaller than the {t.crop}-pixel crop; set "
+                "data.transform.resize to at least the crop"
             )
         left, top = (w - t.crop) // 2, (h - t.crop) // 2
         img = img.crop((left, top, left + t.crop, top + t.crop))
     x = np.asarray(img, np.float32) / 255.0
     x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
     if t.mean:
-        x = (x - np.asarray(t.mean, np.float32)[:, None, None]) / np.asarray(t.std, np.float32)[
-            :, None, None
-        ]
+        mean, std = (np.asarray(v, np.float32)[:, None, None] for v in (t.mean, t.std))
+        x = (x - mean) / std
     return np.ascontiguousarray(x, dtype=np.float32)

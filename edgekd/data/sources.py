@@ -48,7 +48,12 @@ def _npz(path: Path) -> DataSplits:
         raise InputError(f"data file '{path}' not found")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            names = ["x"] if "x" in npz else [n for n in npz.files if n != "y"]
+            names = [n for n in npz.files if n != "y"]
+            if "x" in names and len(names) > 1:
+                raise InputError(
+                    f"data file '{path}' holds 'x' and {', '.join(n for n in names if n != 'x')}: "
+                    "one input is 'x'; several are each named after the forward argument it feeds"
+                )
             if not names:
                 raise InputError(f"data file '{path}' holds no input arrays besides 'y'")
             arrays, y = {n: npz[n] for n in names}, npz.get("y")

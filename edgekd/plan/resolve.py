@@ -193,12 +193,17 @@ def trace_layers(model: nn.Module, example: Example) -> Traced:
         for name, m in model.named_modules()
         if name  # the model itself: its output feeds no layer
     ]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:  # the graph must start at the weights when the inputs are token ids
+        p.requires_grad_(True)
     try:
         with torch.enable_grad():
             out = call(model.eval(), _tracked(example))
     finally:
         for h in hooks:
             h.remove()
+        for p in frozen:
+            p.requires_grad_(False)
     seen: set = set()
     users: dict[object, list] = {}  # autograd node -> the nodes that consume its output
     todo = [o.grad_fn for o in (out if isinstance(out, (tuple, list)) else [out])]
