@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 
@@ -156,7 +157,14 @@ def _load(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     targets = [load_target(t) for t in cfg["targets"]]
     teacher = load_teacher(cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log)
     data = load_data(cfg["data"], recipe.data.transform, teacher)  # its declared preprocessing
-    check_fit(teacher, data, cfg["data"])
+    outputs = check_fit(teacher, data, cfg["data"])
+    classes = len(np.unique(data.train.y)) if data.labelled else outputs
+    if classes < outputs:  # cats/dogs against ImageNet's 1000: labels 0 and 1 are its classes
+        data = dataclasses.replace(data, notes=(*data.notes, (
+            f"{classes} label values for a teacher of {outputs} outputs: label k is read as "
+            "the teacher's class k (accuracy counts it so); relabel to the teacher's classes, "
+            "or drop the labels to judge agreement with the teacher"
+        )))  # fmt: skip
     space = plan.resolve_plan(recipe, targets, teacher, as_example(data.train.x[:2]))
     return {"recipe": recipe, "targets": targets, "teacher": teacher, "data": data, "space": space}
 
@@ -183,8 +191,8 @@ def _context(
     return ctx
 
 
-def check_fit(teacher: torch.nn.Module, data, spec: str) -> None:
-    """Fail early, by name, when the data cannot feed the teacher."""
+def check_fit(teacher: torch.nn.Module, data, spec: str) -> int:
+    """Fail early, by name, when the data cannot feed the teacher; its number of outputs."""
     if unknown := unknown_arguments(teacher, data.train.x):
         raise ShapeError(
             f"data '{spec}' names inputs the teacher's forward has no argument for: "
@@ -210,6 +218,7 @@ def check_fit(teacher: torch.nn.Module, data, spec: str) -> None:
         raise ShapeError(
             f"data '{spec}' has label {int(data.train.y.max())} but the teacher has {out.shape[1]} outputs"
         )
+    return int(out.shape[1])
 
 
 def _describe(out: Any) -> str:

@@ -241,3 +241,21 @@ def test_a_named_input_the_forward_has_no_argument_for_is_a_named_error():
         check_fit(
             zoo.tiny_bert(), SimpleNamespace(train=SimpleNamespace(x=x), labelled=False), "tokens"
         )
+
+
+def test_a_labelled_folder_of_fewer_classes_than_the_teacher_has_outputs_says_how_labels_read(
+    tmp_path,
+):
+    from PIL import Image
+
+    for name, color in (("cats", (200, 30, 30)), ("dogs", (30, 30, 200))):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(15):
+            Image.new("RGB", (16, 16), color).save(tmp_path / "images" / name / f"{i}.png")
+    lines: list[str] = []
+    compress(out=tmp_path / "run", teacher="zoo:resnet", data=str(tmp_path / "images"),
+             recipe="w8a8", set=[*FAST, "distill.epochs=1"], log=lines.append)  # fmt: skip
+    assert any(
+        line.startswith("data: 2 label values for a teacher of 10 outputs") for line in lines
+    )
+    assert any(line.startswith("data: images: 3-channel") for line in lines)
