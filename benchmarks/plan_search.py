@@ -38,7 +38,7 @@ import edgekd
 from edgekd.bench.timing import batch_of, measure_interleaved
 from edgekd.budget import wilson
 from edgekd.data import load_data
-from edgekd.data.inputs import SINGLE, as_example, call, feed
+from edgekd.data.inputs import as_example, call, feed_as
 from edgekd.errors import EdgeKDError
 from edgekd.models import load_teacher
 from edgekd.runtimes import get_runtime
@@ -159,12 +159,9 @@ def _nncf_int8(teacher_onnx: Path, train: np.ndarray, out: Path) -> tuple[Path |
         return None, "NNCF INT8 PTQ: not run (pip install nncf)"
     model = onnx.load(teacher_onnx)
     first = model.graph.input[0].name
-
-    def inputs(x: np.ndarray) -> dict[str, np.ndarray]:
-        arrays = feed(x)  # named inputs by the graph's names, which are theirs
-        return {first: arrays[SINGLE]} if list(arrays) == [SINGLE] else arrays
-
-    dataset = nncf.Dataset([train[i : i + 1] for i in range(len(train))], inputs)
+    dataset = nncf.Dataset(
+        [train[i : i + 1] for i in range(len(train))], lambda x: feed_as(x, first)
+    )
     began = time.perf_counter()
     quantized = nncf.quantize(model, dataset, subset_size=min(300, len(train)))
     seconds = time.perf_counter() - began

@@ -42,6 +42,13 @@ def feed(x: np.ndarray) -> dict[str, np.ndarray]:
     return {SINGLE: typed(np.ascontiguousarray(x))}
 
 
+def feed_as(x: np.ndarray, first: str | int) -> dict:
+    """``feed(x)`` as a runtime takes it: named inputs by the exported graph's names (theirs),
+    a plain array under ``first``, the graph's own name or index for its one input."""
+    arrays = feed(x)
+    return {first: arrays[SINGLE]} if list(arrays) == [SINGLE] else arrays
+
+
 def as_example(x: np.ndarray) -> Example:
     """The tensor (one input) or the keyword tensors (several) to call the model with."""
     import torch

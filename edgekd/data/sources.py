@@ -60,7 +60,7 @@ def _npz(path: Path) -> DataSplits:
     except (OSError, ValueError) as exc:
         raise InputError(f"data file '{path}' is not a readable .npz ({exc})") from None
     try:
-        x = named(arrays)  # several arrays: the model's inputs, in the file's order
+        x = named(arrays)  # several arrays: the model's inputs, by name
     except ValueError as exc:
         raise InputError(f"data file '{path}': {exc}") from None
     if y is not None and len(y) != len(x):

@@ -78,8 +78,10 @@ def quantize_weights(
     Keys are torch parameter names. The exporter's optimizer folds the ``Transpose`` in front of
     a ``MatMul`` (``nn.Linear`` on a 3-D input) into a new initializer such as ``val_4`` holding
     ``weight.T``; a name missing from the graph is therefore looked up as the weight of the
-    MatMul nodes its module became (``_find_transposed``) and stored transposed, ``(in, out)`` with blocks along axis 0,
-    which is the layout onnxruntime fuses into ``MatMulNBits``. Every initializer must equal
+    MatMul nodes its module became (``_find_transposed``) and stored transposed, ``(in, out)``
+    with blocks along axis 0, which is the layout onnxruntime fuses into ``MatMulNBits``. The
+    exporter's optimizer runs without merging equal initializers (``torch_onnx._optimize``), so
+    each layer has its own. Every initializer must equal
     ``dequantize(t)`` bit for bit, so the low-bit graph computes what training computed.
     """
     irm = ir.from_proto(model)

@@ -15,7 +15,7 @@ import torch
 from onnxscript import optimizer, rewriter
 from torch import nn
 
-from ..data.inputs import Example
+from ..data.inputs import SINGLE, Example
 from ..errors import StageError
 from ..models.clone import clone_model
 from ..quant import QuantizeOutput, QuantLayer
@@ -48,7 +48,7 @@ def export_float(model: nn.Module, example: Example) -> onnx.ModelProto:
                 dynamo=True,
                 opset_version=OPSET,
                 dynamic_shapes={k: {0: batch} for k in kwargs} if named else ({0: batch},),
-                input_names=None if named else ["input"],
+                input_names=None if named else [SINGLE],
                 output_names=["logits"],
                 verbose=False,
                 optimize=False,  # _optimize below: the optimizer less its merging passes

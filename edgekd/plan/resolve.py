@@ -522,8 +522,10 @@ def fit_blocks_to_pruning(plan: Plan, teacher: nn.Module, example: Example) -> l
     from ..models.clone import clone_model  # prune reads the plan
     from ..prune.structured import prune_channels
 
-    if not any(lp.block_size for lp in plan.layers):
-        return []
+    if not any(lp.block_size for lp in plan.layers) or all(
+        lp.keep_ratio >= 1 for lp in plan.layers
+    ):
+        return []  # no block, or every fan-in the teacher's: the choices fitted them already
     pruned = clone_model(teacher).eval()
     prune_channels(pruned, plan, example)
     notes = []

@@ -85,20 +85,11 @@ def pruning_breaks(model: nn.Module, plan: Plan, example: Example) -> dict[str, 
     residual stream's width read by an attention reshape), so a plan that works costs one trial."""
 
     def fails(names: set[str]) -> str | None:
-        trial = Plan(
-            layers=[
-                dataclasses.replace(lp, keep_ratio=lp.keep_ratio if lp.name in names else 1.0)
-                for lp in plan.layers
-            ],
-            targets=plan.targets,
-            adjustments=[],
-        )
+        trial = keeping(plan, {lp.name: lp.keep_ratio for lp in plan.layers if lp.name in names})
         try:
             prune_channels(clone_model(model).eval(), trial, example)
-        except PruningBroke as exc:
-            return exc.why
-        except Exception as exc:  # Torch-Pruning's own failure on a graph it misreads
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        except Exception as exc:
+            return why_broke(exc)
         return None
 
     pruned = [lp.name for lp in plan.layers if lp.keep_ratio < 1.0]
@@ -112,6 +103,23 @@ def pruning_breaks(model: nn.Module, plan: Plan, example: Example) -> dict[str, 
         else:
             works.add(name)
     return broken
+
+
+def keeping(plan: Plan, keeps: dict[str, float]) -> Plan:
+    """``plan`` with only the layers named in ``keeps`` pruned, to those ratios."""
+    return Plan(
+        layers=[dataclasses.replace(lp, keep_ratio=keeps.get(lp.name, 1.0)) for lp in plan.layers],
+        targets=plan.targets,
+        adjustments=[],
+    )
+
+
+def why_broke(exc: Exception) -> str:
+    """What broke when pruning raised ``exc``: the forward pass it left (``PruningBroke``), or
+    Torch-Pruning's own failure on a graph it misreads."""
+    if isinstance(exc, PruningBroke):
+        return exc.why
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def kept_channels(teacher: nn.Module, student: nn.Module) -> dict[str, list[int]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.atomic import atomic_path
-from edgekd.data.inputs import SINGLE, feed
+from edgekd.data.inputs import feed_as
 from edgekd.runtimes import LayerKernel, Precision, runtime_failure, weight_names
 
 # Ops ORT's QDQ fusions produce that compute on int8 activations and int8 weights.
@@ -109,8 +109,7 @@ class _OrtSession:
         self._output = session.get_outputs()[0].name
 
     def _feed(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        arrays = feed(x)  # named inputs by the exported graph's names, which are theirs
-        return {self._inputs[0]: arrays[SINGLE]} if list(arrays) == [SINGLE] else arrays
+        return feed_as(x, self._inputs[0])
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._session.run([self._output], self._feed(x))[0], dtype=np.float32)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.atomic import atomic_path
-from edgekd.data.inputs import SINGLE, feed
+from edgekd.data.inputs import feed_as
 from edgekd.runtimes import LayerKernel, Precision, runtime_failure, weight_names
 
 # Compiled-graph nodes that only move or re-type a weight on its way to the kernel.
@@ -91,14 +91,14 @@ class _OvSession:
         self._request = compiled.create_infer_request()
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        result = self._request.infer(_by_name(x), share_inputs=True)
+        result = self._request.infer(feed_as(x, 0), share_inputs=True)
         return np.asarray(result[0], dtype=np.float32)
 
     def bound(self, x: np.ndarray):
         import openvino as ov
 
         request = self._compiled.create_infer_request()
-        for key, array in _by_name(x).items():
+        for key, array in feed_as(x, 0).items():
             if isinstance(key, int):
                 request.set_input_tensor(key, ov.Tensor(array))
             else:
@@ -164,12 +164,6 @@ class _OvSession:
                     "kind": kind,
                 }
         return kernels
-
-
-def _by_name(x: np.ndarray) -> dict:
-    """Named inputs by the exported graph's names, which are theirs; a plain array as input 0."""
-    arrays = feed(x)
-    return {0: arrays[SINGLE]} if list(arrays) == [SINGLE] else arrays
 
 
 def _layer_nodes(model, layers: list[str]) -> dict[str, list[str]]:

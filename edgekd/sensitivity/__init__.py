@@ -13,7 +13,6 @@ after BatchNorm folding, as distillation trains them.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -28,7 +27,7 @@ from ..models.clone import clone_model
 from ..plan import CHOICE_FIELDS, LayerPlan, Plan, format_label
 from ..plan.damage import LOGITS
 from ..prune.sparsity import apply_2of4
-from ..prune.structured import PruningBroke, prune_channels
+from ..prune.structured import keeping, prune_channels, why_broke
 from ..quant import ActQuant, WeightFormat, fold_batchnorm, quantize_weight
 from ..quant.bias import correct_bias, mean_inputs
 from ..quant.fake import search_clip
@@ -144,19 +143,10 @@ def _apply(
         model = clone_model(folded)
     else:
         model = clone_model(teacher).eval()
-        alone = Plan(
-            layers=[
-                dataclasses.replace(other, keep_ratio=keep if other is lp else 1.0)
-                for other in plan.layers
-            ],
-            targets=plan.targets,
-            adjustments=[],
-        )
         try:
-            prune_channels(model, alone, example)
+            prune_channels(model, keeping(plan, {lp.name: keep}), example)
         except Exception as exc:  # a reshape Torch-Pruning cannot follow, or its own failure
-            why = exc.why if isinstance(exc, PruningBroke) else f"{type(exc).__name__}: {exc}"
-            return None, f"removing its channels breaks the forward pass ({why.splitlines()[0]})"
+            return None, f"removing its channels breaks the forward pass ({why_broke(exc)})"
         if model.get_submodule(lp.name).weight.shape[0] == lp.weight_shape[0]:
             coupled = "coupled with other layers' channels: not removable alone"
         model = fold_batchnorm(model, example)
