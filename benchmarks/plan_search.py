@@ -12,6 +12,7 @@ Run from the repository root::
     python benchmarks/plan_search.py --teachers lite0      # EfficientNet-Lite0 (see real_teachers)
     python benchmarks/plan_search.py --teachers lite0-imagenet  # on ImageNet's own images
     python benchmarks/plan_search.py --teachers minilm     # MiniLM-L6 on token ids
+    python benchmarks/plan_search.py --teachers minilm-embedding  # its sentence embedding
     python benchmarks/plan_search.py --recipes auto --set distill.epochs=3 --teachers lite0
 
 NNCF is not a dependency of edgekd: ``pip install nncf`` for its rows (skipped with a note if absent).
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -38,17 +38,24 @@ import edgekd
 from edgekd.bench.timing import batch_of, measure_interleaved
 from edgekd.budget import wilson
 from edgekd.data import load_data
-from edgekd.data.inputs import as_example, call, feed_as
+from edgekd.data.inputs import feed_as
 from edgekd.errors import EdgeKDError
+from edgekd.evaluate import predict, torch_fn
 from edgekd.models import load_teacher
+from edgekd.pipeline import check_fit
+from edgekd.recipe import load_recipe
 from edgekd.runtimes import get_runtime
 
-TEACHERS = {  # name -> (teacher spec, data spec)
-    "demo": ("demo", "digits"),
-    "lite0": ("benchmarks.real_teachers:lite0", "benchmarks.real_teachers:photo_crops"),
-    "lite0-imagenet": ("benchmarks.real_teachers:lite0", "benchmarks.real_teachers:imagenet_crops"),
-    "minilm": ("benchmarks.real_teachers:minilm", "benchmarks.real_teachers:minilm_sentences"),
-}
+SENTENCES = "benchmarks.real_teachers:minilm_sentences"
+TEACHERS = {  # name -> (teacher spec, data spec, recipe overrides)
+    "demo": ("demo", "digits", []),
+    "lite0": ("benchmarks.real_teachers:lite0", "benchmarks.real_teachers:photo_crops", []),
+    "lite0-imagenet": (
+        "benchmarks.real_teachers:lite0", "benchmarks.real_teachers:imagenet_crops", []
+    ),
+    "minilm": ("benchmarks.real_teachers:minilm", SENTENCES, []),
+    "minilm-embedding": ("benchmarks.real_teachers:minilm_embedding", SENTENCES, ["task=outputs"]),
+}  # fmt: skip
 RUNTIMES = ("onnxruntime", "openvino")
 
 
@@ -74,16 +81,19 @@ def main() -> None:
 
 
 def _teacher_table(name: str, args: argparse.Namespace, root: Path) -> Table:
-    teacher_spec, data_spec = TEACHERS[name]
+    teacher_spec, data_spec, overrides = TEACHERS[name]
+    overrides = [*overrides, *args.set]
     data = load_data(data_spec)
-    reference = _torch_logits(load_teacher(teacher_spec, None, False, lambda _m: None), data.test.x)
+    teacher = load_teacher(teacher_spec, None, False, lambda _m: None)
+    task = check_fit(teacher, data, data_spec, load_recipe("auto", overrides).task)
+    reference = predict(torch_fn(teacher), data.test.x)
     models, rows = {}, {}
     for recipe in args.recipes:
         began = time.perf_counter()
         out = root / recipe
         try:
             edgekd.compress(out=out, teacher=teacher_spec, data=data_spec, recipe=recipe,
-                            set=args.set, resume=(out / "manifest.json").is_file(),
+                            set=overrides, resume=(out / "manifest.json").is_file(),
                             log=lambda _m: None)  # fmt: skip
             status = "✓"
         except EdgeKDError as exc:  # a missed budget is a result too: its report is written
@@ -98,11 +108,13 @@ def _teacher_table(name: str, args: argparse.Namespace, root: Path) -> Table:
     if nncf_onnx:
         models["NNCF INT8 PTQ"] = nncf_onnx
         rows["NNCF INT8 PTQ"] = {"status": nncf_note, "seconds": ""}
-    measured = _measure(teacher_onnx, models, data.test.x, reference, args, root / "artifacts")
+    measured = _measure(
+        teacher_onnx, models, data.test.x, reference, task, args, root / "artifacts"
+    )
     table = Table(
         "model", "status", "agreement (95% CI)", "size T/S", "runtime", "batch", "T/S p50",
         "predicted T/S", "stage seconds",
-        title=f"{name}: {len(data.test.x)} test examples",
+        title=f"{name}: {len(data.test.x)} test examples, agreement is {task.measure}",
     )  # fmt: skip
     for model, facts in rows.items():
         for runtime in RUNTIMES:
@@ -170,9 +182,9 @@ def _nncf_int8(teacher_onnx: Path, train: np.ndarray, out: Path) -> tuple[Path |
     return out / "student.onnx", f"✓ {seconds:.0f} s (nncf {nncf.__version__})"
 
 
-def _measure(teacher_onnx, models, x, reference, args, tmp: Path) -> dict:
-    """Per runtime: every model's top-1 agreement with the PyTorch teacher on ``x`` and its
-    p50 over the teacher's at each batch, all interleaved in one measurement."""
+def _measure(teacher_onnx, models, x, reference, task, args, tmp: Path) -> dict:
+    """Per runtime: every model's agreement with the PyTorch teacher on ``x`` (``task``'s) and
+    its p50 over the teacher's at each batch, all interleaved in one measurement."""
     results: dict = {}
     for name in RUNTIMES:
         runtime = get_runtime(name)
@@ -190,9 +202,8 @@ def _measure(teacher_onnx, models, x, reference, args, tmp: Path) -> dict:
                 for batch in args.batches:
                     results[(model, name, batch)] = {"agreement": f"cannot load: {exc.message}"}
         for model, session in sessions.items():
-            got = np.concatenate([session.run(x[i : i + 32]) for i in range(0, len(x), 32)])
-            same = float((got.argmax(1) == reference.argmax(1)).mean())
-            lo, hi = wilson(same, len(x))
+            same = task.agrees(predict(session.run, x, 32), reference)
+            lo, hi = wilson(max(same, 0.0), len(x))
             agreement = f"{same:.1%} ({lo:.0%}-{hi:.0%})"
             for batch in args.batches:
                 results[(model, name, batch)] = {"agreement": agreement}
@@ -207,13 +218,6 @@ def _measure(teacher_onnx, models, x, reference, args, tmp: Path) -> dict:
     for model, path in models.items():
         results[(model, "size")] = f"{teacher_onnx.stat().st_size / path.stat().st_size:.2f}x"
     return results
-
-
-def _torch_logits(teacher: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return np.concatenate(
-            [call(teacher.eval(), as_example(x[i : i + 32])).numpy() for i in range(0, len(x), 32)]
-        )
 
 
 def _machine() -> str:

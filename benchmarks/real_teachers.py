@@ -157,16 +157,33 @@ def minilm() -> torch.nn.Module:
     return model.eval()
 
 
+def minilm_embedding() -> torch.nn.Module:
+    """MiniLM-L6 as it is used: the sentence embedding (384 values, unit length) of
+    all-MiniLM-L6-v2, for the ``outputs`` task (``--set task=outputs``), judged by cosine
+    similarity. Needs what ``minilm`` needs."""
+    return MiniLMEmbedding(_minilm_encoder()).eval()
+
+
+class MiniLMEmbedding(torch.nn.Module):
+    """Masked mean pooling of the encoder's last hidden states, then L2 normalization: the
+    sentence-transformers pipeline all-MiniLM-L6-v2 was trained with."""
+
+    def __init__(self, encoder: torch.nn.Module, normalize: bool = True) -> None:
+        super().__init__()
+        self.encoder, self.normalize = encoder, normalize
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask[..., None].to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
 class MiniLMClassifier(torch.nn.Module):
     def __init__(self, encoder: torch.nn.Module, classes: int) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.embed = MiniLMEmbedding(encoder, normalize=False)
         self.head = torch.nn.Linear(encoder.config.hidden_size, classes)
-
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        mask = attention_mask[..., None].to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(input_ids, attention_mask))

@@ -1,9 +1,10 @@
 """The user's budget, judged on what the run measured: accuracy kept and, when speed was asked
 for, latency against the teacher. A student that misses it never ends a run with ✓.
 
-Accuracy is top-1 accuracy on the test split, or top-1 agreement with the teacher where the data
-has no labels; the student's figure is the worst of the PyTorch student and its exports. Its
-95% Wilson interval says whether the test split is large enough to judge the budget at all.
+Accuracy is top-1 accuracy on the test split, top-1 agreement with the teacher where the data
+has no labels, or cosine similarity to the teacher's outputs (``task.py``); the student's figure
+is the worst of the PyTorch student and its exports. Its 95% Wilson interval says whether the
+test split is large enough to judge the budget at all.
 """
 
 from __future__ import annotations

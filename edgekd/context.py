@@ -17,6 +17,7 @@ from .plan import Plan
 from .recipe import Recipe
 from .rundir import RunDir
 from .targets import Target
+from .task import Task
 
 # progress(description, total) -> a context whose value is advance(); the CLI draws it with rich.
 Progress = Callable[[str, int], AbstractContextManager[Callable[[], None]]]
@@ -34,6 +35,7 @@ class Context:
     teacher: nn.Module
     data: DataSplits
     space: Plan  # the recipe resolved for the targets: each layer's candidates
+    task: Task  # what the teacher's outputs are, and so how students are trained and judged
     log: Callable[[str], None] = print
     progress: Progress = no_progress
     stage: str = ""

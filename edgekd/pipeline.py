@@ -21,7 +21,7 @@ from .bench.environment import library_versions
 from .context import Context, Progress, no_progress
 from .cpu import detect_cpu
 from .data import load_data
-from .data.inputs import as_example, call, unknown_arguments
+from .data.inputs import as_example, batch_size, call, unknown_arguments
 from .errors import BudgetMiss, EdgeKDError, ShapeError, StageError
 from .evaluate import max_batch
 from .models import load_teacher, model_fingerprint
@@ -29,6 +29,7 @@ from .plan import rounds
 from .recipe import load_recipe
 from .rundir import RunDir
 from .targets import load_target
+from .task import Classification, Task, TaskSetting, infer_task
 
 STAGES: dict[str, Callable[[Context], Context]] = {
     "sensitivity": sensitivity.run,
@@ -157,22 +158,36 @@ def _load(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     targets = [load_target(t) for t in cfg["targets"]]
     teacher = load_teacher(cfg["teacher"], cfg["weights"], cfg["trust_checkpoint"], log)
     data = load_data(cfg["data"], recipe.data.transform, teacher)  # its declared preprocessing
-    outputs = check_fit(teacher, data, cfg["data"])
-    classes = len(np.unique(data.train.y)) if data.labelled else outputs
+    task = check_fit(teacher, data, cfg["data"], recipe.task)
+    data = dataclasses.replace(data, notes=(*data.notes, *_label_notes(task, data)))
+    space = plan.resolve_plan(recipe, targets, teacher, as_example(data.train.x[:2]))
+    return {
+        "recipe": recipe, "targets": targets, "teacher": teacher, "data": data, "space": space,
+        "task": task,
+    }  # fmt: skip
+
+
+def _label_notes(task: Task, data) -> list[str]:
+    """What the labels will be taken for, where that is not the obvious."""
+    if not data.labelled:
+        return []
+    if not isinstance(task, Classification):
+        return ["the labels are not read: the outputs task matches the teacher's outputs"]
+    classes, outputs = len(np.unique(data.train.y)), task.classes
     if classes < outputs:  # cats/dogs against ImageNet's 1000: labels 0 and 1 are its classes
-        data = dataclasses.replace(data, notes=(*data.notes, (
+        return [
             f"{classes} label values for a teacher of {outputs} outputs: label k is read as "
             "the teacher's class k (accuracy counts it so); relabel to the teacher's classes, "
             "or drop the labels to judge agreement with the teacher"
-        )))  # fmt: skip
-    space = plan.resolve_plan(recipe, targets, teacher, as_example(data.train.x[:2]))
-    return {"recipe": recipe, "targets": targets, "teacher": teacher, "data": data, "space": space}
+        ]
+    return []
 
 
 def _context(
     run: RunDir, parts: dict[str, Any], log: Callable[[str], None], progress: Progress
 ) -> Context:
     recipe, teacher, data, space = parts["recipe"], parts["teacher"], parts["data"], parts["space"]
+    task = parts["task"]
     write_text(run.path / "recipe.yaml", recipe.to_yaml())
     for note in data.notes:
         log(f"data: {note}")
@@ -186,50 +201,49 @@ def _context(
         budget_pts=run.manifest.get("plan_budget_pts"),
         **parts,
     )
-    run.manifest["fingerprints"] = _fingerprints(recipe, parts["targets"], space, teacher, data)
+    run.manifest["fingerprints"] = _fingerprints(
+        recipe, parts["targets"], space, teacher, data, task
+    )
     run.manifest["fingerprints"]["plan"] = _plan_fingerprint(ctx)
     return ctx
 
 
-def check_fit(teacher: torch.nn.Module, data, spec: str) -> int:
-    """Fail early, by name, when the data cannot feed the teacher; its number of outputs."""
+def check_fit(teacher: torch.nn.Module, data, spec: str, setting: TaskSetting = "auto") -> Task:
+    """Fail early, by name, when the data cannot feed the teacher or its outputs cannot serve
+    the task (``task.py``); the task."""
     if unknown := unknown_arguments(teacher, data.train.x):
         raise ShapeError(
             f"data '{spec}' names inputs the teacher's forward has no argument for: "
             f"{', '.join(unknown)}; name each array after the argument it feeds"
         )
+    example = as_example(data.train.x[:2])
     try:
         with torch.no_grad():
-            out = call(teacher.eval(), as_example(data.train.x[:2]))
+            out = call(teacher.eval(), example)
     except Exception as exc:
         raise ShapeError(
             f"data '{spec}' (inputs of shape {data.input_shapes}) does not fit the teacher: "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ShapeError(
-            f"the teacher must return logits of shape (batch, classes); it returned {_describe(out)}"
-        )
-    if data.labelled and int(data.train.y.min()) < 0:
-        raise ShapeError(
-            f"data '{spec}' has label {int(data.train.y.min())}; labels must be 0 .. classes-1"
-        )
-    if data.labelled and int(data.train.y.max()) >= out.shape[1]:
-        raise ShapeError(
-            f"data '{spec}' has label {int(data.train.y.max())} but the teacher has {out.shape[1]} outputs"
-        )
-    return int(out.shape[1])
+    task = infer_task(out, setting, batch_size(example))
+    if isinstance(task, Classification) and data.labelled:
+        low, high, classes = int(data.train.y.min()), int(data.train.y.max()), task.classes
+        if low < 0:
+            raise ShapeError(f"data '{spec}' has label {low}; labels must be 0 .. classes-1")
+        if high >= classes:
+            raise ShapeError(
+                f"data '{spec}' has label {high} but the teacher has {classes} outputs"
+            )
+    return task
 
 
-def _describe(out: Any) -> str:
-    return f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-
-
-def _fingerprints(recipe, targets, space, teacher, data) -> dict[str, str]:
+def _fingerprints(recipe, targets, space, teacher, data, task) -> dict[str, str]:
     """What each stage reads besides earlier stages' outputs (``READS``): changing bench
     settings re-runs bench and report, not distillation."""
     candidates = [{"name": lp.name, "candidates": lp.candidates} for lp in space.layers]
-    models = {"teacher": model_fingerprint(teacher), "data": data.fingerprint()}
+    models = {
+        "teacher": model_fingerprint(teacher), "data": data.fingerprint(), "task": task.to_dict()
+    }  # fmt: skip
     cpu = sorted(detect_cpu().features)  # it decides facts ("cpu: detect") and what runs here
     return {
         "sensitivity": _fingerprint(SENSITIVITY_FORMAT, models, candidates),

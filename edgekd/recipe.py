@@ -103,7 +103,7 @@ class DistillRecipe(Section):
 
 
 class VerifyRecipe(Section):
-    min_agreement: Fraction = 0.99  # top-1 agreement each export needs with its PyTorch model
+    min_agreement: Fraction = 0.99  # agreement each export needs with its PyTorch model (task.py)
 
 
 class BenchRecipe(Section):
@@ -118,7 +118,7 @@ class PlanRecipe(Section):
     """The budget the student must meet, or the run fails (the gate stage)."""
 
     objective: Literal["size", "latency"] = "size"  # latency: slower than the teacher fails
-    # points of top-1 accuracy (or agreement) below the teacher
+    # points of top-1 accuracy (or agreement, or cosine similarity: task.py) below the teacher
     max_accuracy_drop: Annotated[Number, Field(gt=0, le=100)] = 1.0
     latency_target: Positive | None = None  # student p50 / teacher p50 to reach on every runtime
     # search: measure candidates per layer and pick them (the ``auto`` preset); else the
@@ -157,6 +157,9 @@ class DataRecipe(Section):
 class Recipe(Section):
     name: str = "custom"
     description: str = ""
+    # what the teacher's outputs are (``task.py``): auto takes one (batch, classes) output as
+    # classification logits and anything else as outputs to match; an embedding needs "outputs"
+    task: Literal["auto", "classification", "outputs"] = "auto"
     prune: PruneRecipe = Field(default_factory=PruneRecipe)
     quant: QuantRecipe = Field(default_factory=QuantRecipe)
     distill: DistillRecipe = Field(default_factory=DistillRecipe)

@@ -12,6 +12,9 @@ from conftest import edgekd
 from edgekd.budget import examples_needed, judge, wilson
 from edgekd.recipe import PlanRecipe
 from edgekd.sensitivity import damage
+from edgekd.task import Classification
+
+TASK = Classification(("logits",), 10)
 
 TESTS = Path(__file__).parent
 
@@ -75,8 +78,8 @@ def test_a_small_test_split_is_said_to_be_too_small():
 
 def test_damage_of_identical_outputs_is_none():
     logits = np.random.default_rng(0).standard_normal((8, 10)).astype(np.float32)
-    assert damage(logits, logits) == {"agreement": 1.0, "kl": 0.0}
-    assert damage(-logits, logits)["agreement"] < 0.5
+    assert damage(TASK, logits, logits) == {"agreement": 1.0, "kl": 0.0}
+    assert damage(TASK, -logits, logits)["agreement"] < 0.5
 
 
 def test_a_budget_that_cannot_be_met_fails_with_one_line_and_keeps_the_report(tmp_path):
@@ -101,11 +104,9 @@ def test_a_budget_that_cannot_be_met_fails_with_one_line_and_keeps_the_report(tm
 
 
 def test_each_disagreement_reports_the_references_top2_margin():
-    from edgekd.evaluate import agreement
-
     reference = np.array([[2.0, 1.99, 0.0], [3.0, 0.0, 0.0]], np.float32)
     export = np.array([[1.98, 2.0, 0.0], [3.0, 0.0, 0.0]], np.float32)  # a near-tie flipped
-    result = agreement(export, reference)
+    result = TASK.agreement(export, reference)
     assert result["top1_agreement"] == 0.5
     assert result["disagreements"] == [
         {"index": 0, "reference_margin": pytest.approx(0.01), "max_abs_error": pytest.approx(0.02)}
@@ -116,7 +117,7 @@ def test_verify_fails_an_export_only_when_its_agreement_interval_is_below_the_th
     from edgekd.verify import agreement_interval
 
     def top(agreeing: int, n: int) -> float:
-        return agreement_interval({"top1_agreement_beyond_ties": agreeing / n}, n)[1]
+        return agreement_interval({"agreement_beyond_ties": agreeing / n}, n)[1]
 
     assert top(29, 30) >= 0.99  # one integer-rounding flip in 30 cannot judge a 99% export
     assert top(28, 30) < 0.99  # two can
@@ -124,7 +125,7 @@ def test_verify_fails_an_export_only_when_its_agreement_interval_is_below_the_th
 
 
 def test_a_flip_within_the_exports_error_is_a_tie_unless_the_error_is_large_for_the_logits():
-    from edgekd.evaluate import near_ties
+    from edgekd.task import near_ties
 
     reference = np.zeros((5, 5), np.float32)
     reference[:, 0] = 8.0  # logits spread over 8: errors up to 0.4 are small

@@ -124,6 +124,7 @@ def test_unknown_runtime_key_in_a_target_file_is_an_error(tmp_path):
 def test_agreement_lost_to_a_runtimes_default_precision_is_reported_with_its_figure():
     from edgekd.report.assemble import deployed_below_gate
     from edgekd.report.markdown import _precision
+    from edgekd.task import Classification
 
     row = {"target": "x86-cpu", "runtime": "openvino", "model": "student", "batch": 1,
            "inference_precision": "bf16", "deployed_agreement": 0.9851}  # fmt: skip
@@ -131,9 +132,10 @@ def test_agreement_lost_to_a_runtimes_default_precision_is_reported_with_its_fig
     below = deployed_below_gate(rows, 0.99)
     assert below == [
         {"target": "x86-cpu", "runtime": "openvino", "model": "student",
-         "inference_precision": "bf16", "top1_agreement": 0.9851, "gate": 0.99}
+         "inference_precision": "bf16", "agreement": 0.9851, "gate": 0.99}
     ]  # fmt: skip
-    text = "\n".join(_precision({"results": rows, "deployed_below_gate": below}))
+    task = Classification(("logits",), 10).to_dict()
+    text = "\n".join(_precision({"results": rows, "deployed_below_gate": below, "task": task}))
     assert "98.51% top-1 agreement in bf16, below the 99% gate" in text
 
 

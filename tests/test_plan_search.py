@@ -31,6 +31,7 @@ from edgekd.plan.search import Option, greedy
 from edgekd.plan.whole import fastest, plan_graph
 from edgekd.recipe import load_recipe
 from edgekd.targets import load_target
+from edgekd.task import Classification
 
 
 def test_greedy_takes_free_savings_then_the_best_saving_per_point_within_the_budget():
@@ -339,14 +340,15 @@ def test_a_plan_that_cannot_be_built_is_left_out_of_the_timing_with_its_reason(
                             runtimes, mode=mode) for mode in ("mixed", "int8")}  # fmt: skip
     real = whole.plan_graph
 
-    def broken_int8(teacher, plan, x):
+    def broken_int8(teacher, plan, x, outputs):
         if plan is plans["int8"]:
             raise RuntimeError("unsupported op Foo")
-        return real(teacher, plan, x)
+        return real(teacher, plan, x, outputs)
 
     monkeypatch.setattr(whole, "plan_graph", broken_int8)
     logged: list[str] = []
     ctx = SimpleNamespace(recipe=recipe, targets=[target], teacher=tiny, example=example,
+                          task=Classification(("logits",), 10),
                           data=SimpleNamespace(test=SimpleNamespace(x=example.numpy()), train=SimpleNamespace(x=example.numpy())),
                           log=logged.append)  # fmt: skip
     got = whole.time_plans(ctx, plans)

@@ -13,6 +13,9 @@ from edgekd.prune.structured import prune_channels
 from edgekd.quant import QuantLayer, fold_batchnorm, prepare_qat
 from edgekd.recipe import load_recipe
 from edgekd.targets import load_target
+from edgekd.task import Classification
+
+DIGITS = Classification(("logits",), 10)
 
 
 def _plan(model, example, preset="small"):
@@ -76,7 +79,12 @@ def test_nan_loss_stops_distillation_with_a_named_error(tiny, example):
         student.head[1].weight[0, 0] = float("nan")  # e.g. a diverged or corrupted weight
     with pytest.raises(StageError, match=r"distillation loss is nan .*step 0; lower distill.lr"):
         distill(
-            student, tiny, load_data("digits"), load_recipe("default").distill, log=lambda _: None
+            student,
+            tiny,
+            load_data("digits"),
+            DIGITS,
+            load_recipe("default").distill,
+            log=lambda _: None,
         )
 
 
@@ -93,7 +101,7 @@ def test_an_auto_learning_rate_is_the_probed_rate_that_stays_closest_to_the_teac
     prepare_qat(student, _plan(tiny, example, "default"))
     lines: list[str] = []
     cfg = load_recipe("default", ["distill.epochs=2", "distill.lr=auto"]).distill
-    result = distill(student, tiny, load_data("digits"), cfg, log=lines.append)
+    result = distill(student, tiny, load_data("digits"), DIGITS, cfg, log=lines.append)
     probe = {float(rate): kl for rate, kl in result["lr_probe"].items()}
     assert set(probe) == set(PROBE_LRS)
     assert result["lr"] == min(probe, key=probe.get)
@@ -108,7 +116,7 @@ def test_a_student_no_rate_brings_closer_to_the_teacher_is_kept_untrained(tiny, 
     student = copy.deepcopy(tiny)  # the teacher itself: KL 0, every step can only move away
     lines: list[str] = []
     cfg = load_recipe("default", ["distill.epochs=3", "distill.lr=auto"]).distill
-    result = distill(student, tiny, load_data("digits"), cfg, log=lines.append)
+    result = distill(student, tiny, load_data("digits"), DIGITS, cfg, log=lines.append)
     assert result["epochs_run"] == 0 and result["best_epoch"] == 0
     assert all(kl >= result["history"][0]["val_kl"] for kl in result["lr_probe"].values())
     assert any("kept untrained" in line for line in lines)
@@ -146,7 +154,7 @@ def test_the_student_trains_deterministically_with_its_ranges_as_calibrated(
 
     monkeypatch.setattr(train, "calibrate", calibrate_and_keep)
     cfg = load_recipe("default", ["distill.epochs=2", "distill.lr=1e-3"]).distill
-    result = train.distill(student, tiny, load_data("digits"), cfg, log=lambda _: None)
+    result = train.distill(student, tiny, load_data("digits"), DIGITS, cfg, log=lambda _: None)
     assert result["best_epoch"] >= 1  # the kept weights were trained
     assert {name for name, training in modes if training} <= {"ActQuant"}  # calibration only
     ranges = {n: (float(m.lo), float(m.hi)) for n, m in student.named_modules()
@@ -176,7 +184,7 @@ def test_distillation_runs_on_the_threads_the_recipe_sets_and_restores_them(tiny
     ).distill
     before = torch.get_num_threads()
     with torch_threads(cfg.threads):
-        distill(student, tiny, load_data("digits"), cfg, log=lambda _: None)
+        distill(student, tiny, load_data("digits"), DIGITS, cfg, log=lambda _: None)
     assert seen == {1} and torch.get_num_threads() == before
 
 
@@ -203,7 +211,7 @@ def test_distillation_killed_after_an_epoch_resumes_there_and_ends_as_if_never_s
         return s
 
     whole = student()
-    train.distill(whole, tiny, data, cfg, log=lambda _: None)
+    train.distill(whole, tiny, data, DIGITS, cfg, log=lambda _: None)
 
     checkpoint = EpochCheckpoint(tmp_path / "checkpoint.pt", key="inputs")
     killed, real_rank, calls = student(), train.epoch_rank, []
@@ -216,13 +224,15 @@ def test_distillation_killed_after_an_epoch_resumes_there_and_ends_as_if_never_s
 
     monkeypatch.setattr(train, "epoch_rank", rank_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.distill(killed, tiny, data, cfg, log=lambda _: None, checkpoint=checkpoint)
+        train.distill(killed, tiny, data, DIGITS, cfg, log=lambda _: None, checkpoint=checkpoint)
     monkeypatch.setattr(train, "epoch_rank", real_rank)
     saved = checkpoint.load()
     assert saved is not None and saved["history"][-1]["epoch"] == 2
     lines: list[str] = []
     resumed = student()
-    result = train.distill(resumed, tiny, data, cfg, log=lines.append, checkpoint=checkpoint)
+    result = train.distill(
+        resumed, tiny, data, DIGITS, cfg, log=lines.append, checkpoint=checkpoint
+    )
     assert any(line.startswith("  resumed after epoch") for line in lines)
     assert result["epochs_run"] == 4
     for got, want in zip(resumed.state_dict().values(), whole.state_dict().values(), strict=True):

@@ -277,6 +277,29 @@ class TinyBert(nn.Module):
         return self.classifier((x * mask).sum(1) / mask.sum(1))
 
 
+class Detector(nn.Module):
+    """A detection-style head: a strided conv backbone, then per anchor and cell the class
+    scores and box offsets of two 1x1 convs, returned as a dict of two (batch, anchors, ...)
+    tensors (the ``outputs`` task)."""
+
+    def __init__(self, anchors: int = 3) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+        )  # fmt: skip
+        self.scores = nn.Conv2d(32, anchors * CLASSES, 1)
+        self.boxes = nn.Conv2d(32, anchors * 4, 1)
+
+    def forward(self, x):
+        f = self.backbone(x)
+        per_anchor = lambda t, n: t.permute(0, 2, 3, 1).reshape(x.shape[0], -1, n)  # noqa: E731
+        return {
+            "scores": per_anchor(self.scores(f), CLASSES),
+            "boxes": per_anchor(self.boxes(f), 4),
+        }
+
+
 def _factory(cls: type[nn.Module]):
     def make() -> nn.Module:
         torch.manual_seed(0)
@@ -304,6 +327,7 @@ ZOO = {
     "shared_layers": SharedLayers,
     "token_batchnorm": TokenBatchNorm,
     "tiny_bert": TinyBert,
+    "detector": Detector,
 }
 TOKEN_INPUTS = {"tiny_bert"}  # take token_data(), not data()
 globals().update({name: _factory(cls) for name, cls in ZOO.items()})

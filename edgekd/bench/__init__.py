@@ -56,7 +56,8 @@ def run(ctx: Context) -> Context:
                 layers += rows
                 mismatches += found
                 deployed = {
-                    m: deployed_check(s, ctx.data.test.x, reference[m]) for m, s in sessions.items()
+                    m: deployed_check(s, ctx.data.test.x, reference[m], ctx.task)
+                    for m, s in sessions.items()
                 }
                 _log_reality(ctx, f"{target.name}/{rt.name}", deployed, found, gate)
                 floor = _floor_session(ctx, f"{target.name}/{rt.name}", runtime, floor_onnx)
@@ -87,11 +88,11 @@ def run(ctx: Context) -> Context:
                         "throughput_ips": None,
                         "size_bytes": (pair[model] or {}).get("size_bytes"),
                         "accuracy": check.get("accuracy"),
-                        "agreement": check.get("top1_agreement"),
+                        "agreement": check.get("agreement"),
                         "status": "skipped" if reason else "ok",
                         "reason": reason,
                         "inference_precision": deployed.get(model, {}).get("inference_precision"),
-                        "deployed_agreement": deployed.get(model, {}).get("top1_agreement"),
+                        "deployed_agreement": deployed.get(model, {}).get("agreement"),
                     }
                     if model in stats:
                         s = stats[model]
@@ -162,11 +163,11 @@ def _floor_session(ctx: Context, where: str, runtime, floor_onnx: Path | None):
 def _log_reality(ctx: Context, where: str, deployed: dict, mismatches: list, gate: float) -> None:
     for model, check in deployed.items():
         note = ""
-        if check["top1_agreement"] < gate:
+        if check["agreement"] < gate:
             note = f" (below the {gate:.0%} gate: this runtime's default precision, not the export)"
         ctx.log(
-            f"  {where} {model}: runs in {check['inference_precision']}; top-1 agreement with "
-            f"PyTorch {check['top1_agreement']:.2%}{note}"
+            f"  {where} {model}: runs in {check['inference_precision']}; {ctx.task.measure} "
+            f"with PyTorch {check['agreement']:.2%}{note}"
         )
     for m in mismatches:
         ctx.log(

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..evaluate import RUNTIME_BATCH, agreement, predict
+from ..evaluate import RUNTIME_BATCH, predict
 from ..plan import Plan
 from ..runtimes import Session
 from ..targets import RuntimeSupport
+from ..task import Task
 
 
-def deployed_check(session: Session, x: np.ndarray, reference: np.ndarray) -> dict:
+def deployed_check(session: Session, x: np.ndarray, reference: np.ndarray, task: Task) -> dict:
     """The runtime's own default precision, and how far it moves outputs from PyTorch's."""
-    logits = predict(session.run, x, batch=RUNTIME_BATCH)
-    return {"inference_precision": session.inference_precision(), **agreement(logits, reference)}
+    pred = predict(session.run, x, batch=RUNTIME_BATCH)
+    return {"inference_precision": session.inference_precision(), **task.agreement(pred, reference)}
 
 
 def compare_with_plan(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..context import Context
-from ..evaluate import accuracy, predict, torch_fn
+from ..evaluate import predict, torch_fn
 from ..models import load_student, save_student
 from ..quant import fold_batchnorm, prepare_qat
 from .checkpoint import NAME as CHECKPOINT
@@ -25,16 +25,17 @@ def run(ctx: Context) -> Context:
     )
     with torch_threads(ctx.recipe.distill.threads):
         result = distill(
-            student, ctx.teacher, ctx.data, ctx.recipe.distill, ctx.log, ctx.progress, checkpoint
-        )
+            student, ctx.teacher, ctx.data, ctx.task, ctx.recipe.distill, ctx.log, ctx.progress,
+            checkpoint,
+        )  # fmt: skip
     checkpoint.clear()
     save_student(student, ctx.out("student.pt"), ckpt["pruning"], folded=True, quantized=True)
     test = ctx.data.test
-    teacher_logits = predict(torch_fn(ctx.teacher), test.x)
+    teacher_out = predict(torch_fn(ctx.teacher), test.x)
     ctx.metrics.update(
         result,
-        teacher_accuracy=accuracy(teacher_logits, test, teacher_logits),
-        student_accuracy=accuracy(predict(torch_fn(student), test.x), test, teacher_logits),
+        teacher_accuracy=ctx.task.score(teacher_out, test, teacher_out),
+        student_accuracy=ctx.task.score(predict(torch_fn(student), test.x), test, teacher_out),
         labelled=ctx.data.labelled,
     )
     ctx.log(

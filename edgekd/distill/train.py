@@ -13,14 +13,15 @@ from torch import nn
 from ..context import Progress, no_progress
 from ..data import DataSplits
 from ..data.inputs import as_example, call
+from ..data.outputs import fields, flatten
 from ..errors import StageError
-from ..evaluate import accuracy, predict, torch_fn
+from ..evaluate import predict, torch_fn
 from ..prune.sparsity import reapply_masks
 from ..quant import ActQuant
 from ..quant.bias import correct_student
 from ..recipe import DistillRecipe
+from ..task import Classification, Task
 from .checkpoint import EpochCheckpoint
-from .losses import kd_loss
 
 # Learning rates ``distill.lr: auto`` tries: from a from-scratch student's to a pretrained one's.
 PROBE_LRS = (1e-3, 1e-4, 1e-5)
@@ -31,6 +32,7 @@ def distill(
     student: nn.Module,
     teacher: nn.Module,
     data: DataSplits,
+    task: Task,
     cfg: DistillRecipe,
     log: Callable[[str], None],
     progress: Progress = no_progress,
@@ -38,7 +40,7 @@ def distill(
 ) -> dict:
     """Train in place; keep the weights of the epoch with the best validation score: accuracy
     (ties go to the lower KL to the teacher) on labelled data, the KL to the teacher on
-    unlabelled data. Agreement is what the gate judges there, but on a small validation split
+    unlabelled data (the ``outputs`` task: its relative error, ``task.py``). Agreement is what the gate judges there, but on a small validation split
     it moves in steps of one example, and KL is its smooth estimate: EfficientNet-Lite0's W8A8
     student went from val KL 0.0081 to 0.0052 in 3 epochs while one of 40 val crops flipped,
     and ranked by agreement it was kept untrained.
@@ -66,21 +68,24 @@ def distill(
     torch.manual_seed(cfg.seed)
     x = data.train.x
     y = None if data.train.y is None else torch.from_numpy(data.train.y)
-    teacher_train = torch.from_numpy(predict(torch_fn(teacher), data.train.x))  # teacher is frozen
+    labelled = y is not None and isinstance(task, Classification)
+    # the teacher is frozen: its outputs once, each a tensor to index batches from
+    teacher_train = [torch.from_numpy(a) for a in fields(predict(torch_fn(teacher), x))]
     teacher_val = predict(torch_fn(teacher), data.val.x)
     calibrate(student, data.train.x, cfg.batch_size)
 
     def score() -> tuple[float, float]:
-        logits = predict(torch_fn(student), data.val.x)
-        kl = kd_loss(torch.from_numpy(logits), torch.from_numpy(teacher_val), None, 1.0, 1.0)
-        return accuracy(logits, data.val, teacher_val), -float(kl)
+        pred = predict(torch_fn(student), data.val.x)
+        return task.score(pred, data.val, teacher_val), -task.divergence(pred, teacher_val)
 
     def train_steps(opt, batches, where: str, after_step=lambda: None) -> list[float]:
         losses = []
         for step, idx in enumerate(batches):
-            target = None if y is None else y[idx]
-            logits = call(student, as_example(x[idx.numpy()]))
-            loss = kd_loss(logits, teacher_train[idx], target, cfg.temperature, cfg.alpha)
+            out = flatten(call(student, as_example(x[idx.numpy()])))
+            target = y[idx] if labelled else None
+            loss = task.loss(
+                out, [t[idx] for t in teacher_train], target, cfg.temperature, cfg.alpha
+            )
             if not torch.isfinite(loss):
                 raise StageError(
                     f"distillation loss is {loss.item()} {where} step {step}; "
@@ -111,7 +116,7 @@ def distill(
         lr = min(probed, key=probed.get)
         log(
             "  learning rate: "
-            + ", ".join(f"{r:g} -> KL {kl:.4f}" for r, kl in probed.items())
+            + ", ".join(f"{r:g} -> {task.divergence_is} {kl:.4f}" for r, kl in probed.items())
             + f" after {len(batches)} steps; {lr:g}"
         )
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -137,8 +142,9 @@ def distill(
         if probed and min(probed.values()) >= -val[1]:  # EfficientNet-Lite0 on 140 photos: 10x
             epochs = 0
             log(
-                f"  every rate moved the student away from the teacher (KL {-val[1]:.4f} before "
-                "training): the calibrated student is kept untrained; set distill.lr to train anyway"
+                f"  every rate moved the student away from the teacher ({task.divergence_is} "
+                f"{-val[1]:.4f} before training): the calibrated student is kept untrained; "
+                "set distill.lr to train anyway"
             )
     done = history[-1]["epoch"]
     with progress("distill", (epochs - done) * steps_per_epoch) as advance:
@@ -150,7 +156,7 @@ def distill(
             val = score()
             history.append({"epoch": epoch, "loss": float(np.mean(losses)),
                             "val_accuracy": val[0], "val_kl": -val[1]})  # fmt: skip
-            if epoch_rank(val, data.labelled) >= epoch_rank(best[0], data.labelled):
+            if epoch_rank(val, labelled) >= epoch_rank(best[0], labelled):
                 best, best_epoch = (val, copy.deepcopy(student.state_dict())), epoch
             stopped = epoch < epochs and epoch - best_epoch >= cfg.patience
             if checkpoint and not stopped and epoch < epochs:

@@ -19,8 +19,8 @@ def run(ctx: Context) -> Context:
         ctx.teacher, ctx.path_of("distill", "student.pt"), ctx.plan, ctx.example
     )
     protos = {
-        "teacher": export_float(ctx.teacher, ctx.example),
-        "student": student_onnx(student, ctx.example),
+        "teacher": export_float(ctx.teacher, ctx.example, ctx.task.outputs),
+        "student": student_onnx(student, ctx.example, ctx.task.outputs),
     }
     onnx_paths = {}
     for model, proto in protos.items():

@@ -22,7 +22,9 @@ from ..quant import QuantizeOutput, QuantLayer
 from .lowbit import OPSET, QuantizedTensor, quantize_activations, quantize_weights
 
 
-def export_float(model: nn.Module, example: Example) -> onnx.ModelProto:
+def export_float(
+    model: nn.Module, example: Example, outputs: tuple[str, ...] = ("logits",)
+) -> onnx.ModelProto:
     """Dynamo export with a symbolic batch (the example must have batch >= 2 to keep it symbolic).
 
     The example is made contiguous: the exporter keeps its strides, and a channels-last example
@@ -30,7 +32,7 @@ def export_float(model: nn.Module, example: Example) -> onnx.ModelProto:
     ``as_strided`` Gather that OpenVINO's int8 transformations get wrong (EfficientNet-Lite0:
     its W8A8 student agreed with its PyTorch self on 30% of images in OpenVINO, 80% in ORT).
     A model of several inputs takes them as keywords; the graph names its inputs after them,
-    each with a symbolic batch."""
+    each with a symbolic batch. ``outputs`` names the outputs (``task.Task.outputs``)."""
     named = isinstance(example, dict)
     kwargs = {k: t.contiguous() for k, t in example.items()} if named else {}
     args = () if named else (example.contiguous(),)
@@ -49,7 +51,7 @@ def export_float(model: nn.Module, example: Example) -> onnx.ModelProto:
                 opset_version=OPSET,
                 dynamic_shapes={k: {0: batch} for k in kwargs} if named else ({0: batch},),
                 input_names=None if named else [SINGLE],
-                output_names=["logits"],
+                output_names=list(outputs),
                 verbose=False,
                 optimize=False,  # _optimize below: the optimizer less its merging passes
             )
@@ -57,7 +59,19 @@ def export_float(model: nn.Module, example: Example) -> onnx.ModelProto:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StageError(f"ONNX export of {type(model).__name__} failed: {first}") from None
-    return program.model_proto
+    proto = program.model_proto
+    if fixed := [i.name for i in proto.graph.input if _static_batch(i)]:
+        raise StageError(
+            f"ONNX export of {type(model).__name__} fixed the batch size of {', '.join(fixed)}: "
+            "its forward reads the batch as a Python number (len(x), int(x.size(0)), .tolist()); "
+            "use x.shape[0] or -1 in reshapes so the batch stays symbolic"
+        )
+    return proto
+
+
+def _static_batch(value: onnx.ValueInfoProto) -> bool:
+    dims = value.type.tensor_type.shape.dim
+    return bool(dims) and dims[0].HasField("dim_value")
 
 
 def _optimize(model: ir.Model) -> None:
@@ -81,12 +95,14 @@ def _optimize(model: ir.Model) -> None:
         step(model)
 
 
-def student_onnx(student: nn.Module, example: Example) -> onnx.ModelProto:
+def student_onnx(
+    student: nn.Module, example: Example, outputs: tuple[str, ...] = ("logits",)
+) -> onnx.ModelProto:
     """Export the student as a float graph, then write its low-bit weights and activation QDQ."""
     plain = clone_model(student).eval()
     weights: dict[str, QuantizedTensor] = {}
     activations: dict[str, tuple[float, int, bool]] = {}
-    outputs: dict[str, tuple[float, int, bool]] = {}
+    results: dict[str, tuple[float, int, bool]] = {}  # layers whose output is quantized
     for module in plain.modules():  # block output hooks leave the graph: their Q -> DQ is below
         for key, hook in list(module._forward_hooks.items()):
             if isinstance(hook, QuantizeOutput):
@@ -104,18 +120,18 @@ def student_onnx(student: nn.Module, example: Example) -> onnx.ModelProto:
             if module.input_quantized:
                 shared.append(name)
         if module.out_quant is not None:
-            outputs[name] = (*module.out_quant.qparams(), module.out_quant.symmetric)
+            results[name] = (*module.out_quant.qparams(), module.out_quant.symmetric)
         with torch.no_grad():
             module.weight.copy_(qw.dequantize())
         module.__class__ = module.plain_class  # the float twin: same weights, no fake quant
         del module.act_quant
         del module.out_quant
         del module.weight_clip
-    model = quantize_weights(export_float(plain, example), weights)
+    model = quantize_weights(export_float(plain, example, outputs), weights)
     return quantize_activations(
         model,
         {node: qp for name, qp in activations.items() for node in _consumers_of(model, name)},
-        {node: qp for name, qp in outputs.items() for node in _consumers_of(model, name)},
+        {node: qp for name, qp in results.items() for node in _consumers_of(model, name)},
         {node for name in shared for node in _consumers_of(model, name)},
     )
 

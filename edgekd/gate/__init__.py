@@ -16,8 +16,9 @@ def run(ctx: Context) -> Context:
     budget = ctx.read_json_file(ctx.run.path / "report.json")["budget"]
     accuracy = budget["accuracy"]
     lo, hi = accuracy["student_interval"]
+    what = "accuracy" if ctx.task.kind == "classification" else ctx.task.measure
     ctx.log(
-        f"  accuracy: teacher {accuracy['teacher']:.2%}, student {accuracy['student']:.2%} "
+        f"  {what}: teacher {accuracy['teacher']:.2%}, student {accuracy['student']:.2%} "
         f"(95% interval {lo:.1%}-{hi:.1%} on {accuracy['examples']} test examples), drop "
         f"{accuracy['drop_pts']:.2f} pts, budget {budget['max_accuracy_drop']:g} pts"
     )

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..atomic import write_json
 from ..errors import BudgetMiss, StageError
-from .damage import LOGITS, DamageModel
+from .damage import LOGITS, DamageModel, RelativeErrorDamage
 from .resolve import (
     CHOICE_FIELDS,
     COMPRESSIBLE,
@@ -115,7 +115,7 @@ def search(ctx: Context, budget: float | None) -> dict[str, Plan]:
     tables = (
         ctx.space,
         ctx.read_json("sensitivity", "sensitivity.json"),
-        DamageModel(np.load(logits)),
+        ctx.task.damage_model(np.load(logits)),
         ctx.read_json("latency", "table.json"),
         ctx.recipe.plan,
         [(t, rt) for t in ctx.targets for rt in t.runtimes],
@@ -178,7 +178,7 @@ def _pick(ctx: Context, plans: dict[str, Plan]) -> Plan:
 def searched(
     space: Plan,
     sensitivity: dict,
-    damage: DamageModel,
+    damage: DamageModel | RelativeErrorDamage,
     table: dict,
     cfg: Any,
     runtimes: list,

@@ -56,3 +56,16 @@ class DamageModel:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if self.points(mid) <= points else (lo, mid)
         return lo
+
+
+class RelativeErrorDamage:
+    """The ``outputs`` task's damage (``task.Outputs``): the summed relative squared error ``e``
+    costs ``1 - cos ≈ e / 2`` of cosine similarity, 50 points per unit of ``e``."""
+
+    POINTS_PER_ERROR = 50.0
+
+    def points(self, error: float) -> float:
+        return self.POINTS_PER_ERROR * max(error, 0.0)
+
+    def kl_for(self, points: float) -> float:
+        return points / self.POINTS_PER_ERROR

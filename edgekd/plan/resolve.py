@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..data.inputs import Example, call
+from ..data.outputs import flatten
 from ..errors import UsageError
 from ..recipe import Recipe
 from ..targets import Target
@@ -206,7 +207,7 @@ def trace_layers(model: nn.Module, example: Example) -> Traced:
             p.requires_grad_(False)
     seen: set = set()
     users: dict[object, list] = {}  # autograd node -> the nodes that consume its output
-    todo = [o.grad_fn for o in (out if isinstance(out, (tuple, list)) else [out])]
+    todo = [o.grad_fn for o in flatten(out)]  # every output: a dict's, a tuple's
     while todo:
         fn = todo.pop()
         if fn is None or fn in seen:

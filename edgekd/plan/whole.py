@@ -61,10 +61,10 @@ def time_plans(ctx: Context, plans: dict[str, Plan]) -> dict[str, dict[str, floa
     ratios: dict[str, dict[str, float]] = {mode: {} for mode in plans}
     with tempfile.TemporaryDirectory(prefix="edgekd-plans-") as tmp:
         graphs = {"teacher": Path(tmp, "teacher.onnx")}
-        onnx.save(export_float(ctx.teacher, ctx.example), graphs["teacher"])
+        onnx.save(export_float(ctx.teacher, ctx.example, ctx.task.outputs), graphs["teacher"])
         for mode, plan in plans.items():
             graph = _attempt(ctx, f"the {mode} plan, not timed whole: its export failed",
-                             partial(plan_graph, ctx.teacher, plan, ctx.data.train.x[:2]))  # fmt: skip
+                             partial(plan_graph, ctx.teacher, plan, ctx.data.train.x[:2], ctx.task.outputs))  # fmt: skip
             if graph is not None:
                 graphs[mode] = Path(tmp, f"{mode}.onnx")
                 onnx.save(graph, graphs[mode])
@@ -122,7 +122,9 @@ def fastest(speedups: dict[str, dict[str, float]], latency_target: float | None)
     return max(speedups, key=rank)
 
 
-def plan_graph(teacher: nn.Module, plan: Plan, x: np.ndarray) -> onnx.ModelProto:
+def plan_graph(
+    teacher: nn.Module, plan: Plan, x: np.ndarray, outputs: tuple[str, ...] = ("logits",)
+) -> onnx.ModelProto:
     """The ONNX graph the export stage would write for ``plan``, with untrained weights
     calibrated on the inputs ``x``."""
     example = as_example(x)
@@ -134,4 +136,4 @@ def plan_graph(teacher: nn.Module, plan: Plan, x: np.ndarray) -> onnx.ModelProto
     fold_batchnorm(student, example)
     prepare_qat(student, plan)
     calibrate(student, x, len(x))
-    return student_onnx(student, example)
+    return student_onnx(student, example, outputs)

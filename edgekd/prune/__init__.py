@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import models  # module import: models.student imports prune's primitives
 from ..context import Context
-from ..evaluate import accuracy, count_params, predict, torch_fn
+from ..evaluate import count_params, predict, torch_fn
 from ..models.clone import clone_model
 from .sparsity import apply_2of4
 from .structured import kept_channels, prune_channels
@@ -21,7 +21,7 @@ def run(ctx: Context) -> Context:
             sparse.append(name)
     models.save_student(student, ctx.out("student.pt"), decisions, folded=False, quantized=False)
     test = ctx.data.test
-    teacher_logits = predict(torch_fn(ctx.teacher), test.x)
+    teacher_out = predict(torch_fn(ctx.teacher), test.x)
     ctx.metrics.update(
         teacher_params=count_params(ctx.teacher),
         student_params=count_params(student),
@@ -29,7 +29,9 @@ def run(ctx: Context) -> Context:
         pruned_groups=len(decisions),
         channels=kept_channels(ctx.teacher, student),
         sparse_2of4_layers=sparse,
-        accuracy_before_distill=accuracy(predict(torch_fn(student), test.x), test, teacher_logits),
+        accuracy_before_distill=ctx.task.score(
+            predict(torch_fn(student), test.x), test, teacher_out
+        ),
     )
     ctx.log(
         f"  params {ctx.metrics['teacher_params']:,} -> {ctx.metrics['student_params']:,}, "

@@ -13,6 +13,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..data.inputs import Example, call
+from ..data.outputs import flatten
 from ..errors import StageError
 from ..models.clone import clone_model
 from ..plan import COMPRESSIBLE, Plan
@@ -40,8 +41,7 @@ def prune_channels(model: nn.Module, plan: Plan, example: Example) -> list[Decis
         ignored_layers=ignored,
         round_to=4,  # keeps channel counts 2:4- and kernel-friendly
     )
-    with torch.no_grad():
-        expected = call(model, example).shape
+    expected = _output_shapes(model, example)
     decisions = []
     for group in pruner.step(interactive=True):
         root = group[0].dep.target.module
@@ -63,18 +63,28 @@ class PruningBroke(StageError):
         self.why = why
 
 
-def _check_still_works(model: nn.Module, example: Example, expected: torch.Size) -> None:
+def _output_shapes(model: nn.Module, example: Example) -> list[list[int]]:
+    with torch.no_grad():
+        return [list(t.shape) for t in flatten(call(model, example))]
+
+
+def _check_still_works(model: nn.Module, example: Example, expected: list[list[int]]) -> None:
     if why := _breakage(model, example, expected):
         raise PruningBroke(why)
 
 
-def _breakage(model: nn.Module, example: Example, expected: torch.Size) -> str | None:
+def _breakage(model: nn.Module, example: Example, expected: list[list[int]]) -> str | None:
     try:
-        with torch.no_grad():
-            shape = call(model, example).shape
+        shapes = _output_shapes(model, example)
     except RuntimeError as exc:
         return str(exc).splitlines()[0]
-    return f"output shape {list(expected)} -> {list(shape)}" if shape != expected else None
+    if shapes != expected:
+        return f"output shape {_join(expected)} -> {_join(shapes)}"
+    return None
+
+
+def _join(shapes: list[list[int]]) -> str:
+    return ", ".join(str(s) for s in shapes)
 
 
 def pruning_breaks(model: nn.Module, plan: Plan, example: Example) -> dict[str, str]:

@@ -21,9 +21,8 @@ def assemble(ctx: Context) -> dict[str, Any]:
         "edgekd": __version__,
         "run_dir": str(ctx.run.path),
         "config": cfg,
-        "accuracy_is": "top-1 accuracy on the test split"
-        if ctx.data.labelled
-        else "top-1 agreement with the teacher (the data has no labels)",
+        "task": ctx.task.to_dict(),
+        "accuracy_is": _accuracy_is(ctx),
         "teacher": {
             "spec": cfg["teacher"],
             "params": prune["teacher_params"],
@@ -155,11 +154,19 @@ def deployed_below_gate(results: list[dict], gate: float) -> list[dict]:
                     "runtime": r["runtime"],
                     "model": r["model"],
                     "inference_precision": r["inference_precision"],
-                    "top1_agreement": r["deployed_agreement"],
+                    "agreement": r["deployed_agreement"],
                     "gate": gate,
                 }
             )
     return out
+
+
+def _accuracy_is(ctx: Context) -> str:
+    if ctx.task.kind == "outputs":
+        return "cosine similarity to the teacher's outputs (the worst output's mean)"
+    if ctx.data.labelled:
+        return "top-1 accuracy on the test split"
+    return "top-1 agreement with the teacher (the data has no labels)"
 
 
 def _precision(bench: dict) -> str:

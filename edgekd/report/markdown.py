@@ -90,7 +90,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             [
                 "model",
                 "runtime",
-                "top-1 agreement",
+                report["task"]["measure"],
                 "max abs error",
                 "mean abs error",
                 "accuracy",
@@ -105,7 +105,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['sensitivity']['examples']} {report['sensitivity']['split']} examples.",
         "",
         *_table(
-            ["layer", "choice", "top-1 agreement", "KL to teacher"],
+            ["layer", "choice", report["task"]["measure"], report["task"]["divergence_is"]],
             [
                 (f"`{r['layer']}`", r["choice"], f"{r['agreement']:.2%}", f"{r['kl']:.2e}")
                 for r in report["sensitivity"]["layers"]
@@ -262,12 +262,12 @@ def _precision(report: dict[str, Any]) -> list[str]:
         for r in report["results"]
         if r["deployed_agreement"] is not None and r["batch"] == first
     ]  # fmt: skip
-    out = _table(["target", "runtime", "model", "computes in", "top-1 agreement"], rows)
+    out = _table(["target", "runtime", "model", "computes in", report["task"]["measure"]], rows)
     for d in report["deployed_below_gate"]:
         out += [
             "",
-            f"**{d['target']}/{d['runtime']} {d['model']}: {d['top1_agreement']:.2%} top-1 "
-            f"agreement in {d['inference_precision']}, below the {d['gate']:.0%} gate.** The "
+            f"**{d['target']}/{d['runtime']} {d['model']}: {d['agreement']:.2%} "
+            f"{report['task']['measure']} in {d['inference_precision']}, below the {d['gate']:.0%} gate.** The "
             "export passed verify in f32; this is what the runtime's default precision does here.",
         ]
     return out
@@ -306,7 +306,7 @@ def _verify_row(r: dict) -> list:
     if r["status"] == "skipped":
         return [r["model"], r["runtime"], "–", "–", "–", "–", f"skipped: {r['reason']}"]
     return [
-        r["model"], r["runtime"], f"{r['top1_agreement']:.2%}", f"{r['max_abs_error']:.2e}",
+        r["model"], r["runtime"], f"{r['agreement']:.2%}", f"{r['max_abs_error']:.2e}",
         f"{r['mean_abs_error']:.2e}", f"{r['accuracy']:.2%}", r["status"],
     ]  # fmt: skip
 

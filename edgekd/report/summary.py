@@ -61,8 +61,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             (
                 f"agreement in {d['runtime']} default precision"
                 + (f" [{d['target']}]" if many else ""),
-                "" if d["model"] == "student" else f"{d['top1_agreement']:.2%}",
-                f"{d['top1_agreement']:.2%}" if d["model"] == "student" else "",
+                "" if d["model"] == "student" else f"{d['agreement']:.2%}",
+                f"{d['agreement']:.2%}" if d["model"] == "student" else "",
                 f"below the {d['gate']:.0%} gate: the device's precision, not the export",
             )
         )

@@ -29,7 +29,7 @@ LayerKernel = dict[str, str]  # {"kernel": what the runtime named it, "kind": "i
 class Session(Protocol):
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run the inputs ``x`` (one array, or a structured array of named inputs:
-        ``data.inputs``); return the first output as a float32 array."""
+        ``data.inputs``); return the outputs as float32, packed as ``data.outputs`` packs them."""
         ...
 
     def bound(self, x: np.ndarray) -> Callable[[], object]:

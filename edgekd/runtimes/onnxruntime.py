@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekd.atomic import atomic_path
 from edgekd.data.inputs import feed_as
+from edgekd.data.outputs import pack
 from edgekd.runtimes import LayerKernel, Precision, runtime_failure, weight_names
 
 # Ops ORT's QDQ fusions produce that compute on int8 activations and int8 weights.
@@ -106,19 +107,20 @@ class _OrtSession:
         self._session = session
         self._artifact, self._threads, self._precision = artifact, threads, precision
         self._inputs = [i.name for i in session.get_inputs()]
-        self._output = session.get_outputs()[0].name
+        self._outputs = [o.name for o in session.get_outputs()]
 
     def _feed(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return feed_as(x, self._inputs[0])
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._session.run([self._output], self._feed(x))[0], dtype=np.float32)
+        return pack(self._outputs, self._session.run(self._outputs, self._feed(x)))
 
     def bound(self, x: np.ndarray):
         binding = self._session.io_binding()
         for name, array in self._feed(x).items():
             binding.bind_cpu_input(name, array)
-        binding.bind_output(self._output)
+        for name in self._outputs:
+            binding.bind_output(name)
 
         def call():
             self._session.run_with_iobinding(binding)

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekd.atomic import atomic_path
 from edgekd.data.inputs import feed_as
+from edgekd.data.outputs import pack
 from edgekd.runtimes import LayerKernel, Precision, runtime_failure, weight_names
 
 # Compiled-graph nodes that only move or re-type a weight on its way to the kernel.
@@ -92,7 +93,8 @@ class _OvSession:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         result = self._request.infer(feed_as(x, 0), share_inputs=True)
-        return np.asarray(result[0], dtype=np.float32)
+        outputs = self._compiled.outputs
+        return pack([o.get_any_name() for o in outputs], [result[o] for o in outputs])
 
     def bound(self, x: np.ndarray):
         import openvino as ov

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgekd.atomic import atomic_path
 from edgekd.data.inputs import feed
+from edgekd.data.outputs import pack
 from edgekd.errors import StageError
 from edgekd.runtimes import LayerKernel, Precision
 
@@ -108,7 +109,7 @@ class TensorRTRuntime:
 
 
 class _EngineSession:
-    """Copies each input to the GPU, runs on the current torch stream, copies output 0 back."""
+    """Copies the input to the GPU, runs on the current torch stream, copies the outputs back."""
 
     def __init__(self, trt, artifact: Path) -> None:
         import torch
@@ -136,7 +137,7 @@ class _EngineSession:
     def run(self, x: np.ndarray) -> np.ndarray:
         outputs = self._bind(x)
         self._execute()
-        return outputs[0].float().cpu().numpy()
+        return pack(self._outputs, [o.float().cpu().numpy() for o in outputs])
 
     def bound(self, x: np.ndarray):
         self._bind(x)

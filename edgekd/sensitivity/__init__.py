@@ -31,6 +31,7 @@ from ..prune.structured import keeping, prune_channels, why_broke
 from ..quant import ActQuant, WeightFormat, fold_batchnorm, quantize_weight
 from ..quant.bias import correct_bias, mean_inputs
 from ..quant.fake import search_clip
+from ..task import Task
 
 CALIBRATION = 256  # inputs at most: enough to rank layers
 MIN_CALIBRATION = 16  # inputs at least, whatever the time
@@ -60,7 +61,8 @@ def run(ctx: Context) -> Context:
         if model is None or (coupled and set(part) == {"keep_ratio"}):
             unmeasured.append({"layer": lp.name, "choice": choice, "reason": coupled})
             continue
-        row = {"layer": lp.name, "choice": choice, **damage(predict(torch_fn(model), x), reference)}
+        pred = predict(torch_fn(model), x)
+        row = {"layer": lp.name, "choice": choice, **damage(ctx.task, pred, reference)}
         rows.append({**row, "note": coupled} if coupled else row)
     with atomic_path(ctx.out(LOGITS)) as tmp, open(tmp, "wb") as f:
         np.save(f, calibration_logits)  # the plan turns summed KL into points (plan/damage.py)
@@ -88,15 +90,10 @@ def run(ctx: Context) -> Context:
     return ctx
 
 
-def damage(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Top-1 agreement with the reference and mean KL(reference || logits), at temperature 1."""
-    ref = torch.log_softmax(torch.from_numpy(reference), 1)
-    got = torch.log_softmax(torch.from_numpy(logits), 1)
-    kl = (ref.exp() * (ref - got)).sum(1).mean()
-    return {
-        "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
-        "kl": max(float(kl), 0.0),
-    }
+def damage(task: Task, pred: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Agreement with the reference (top-1, or cosine similarity) and the task's divergence from
+    it, recorded as ``kl``: the KL at temperature 1, or the relative error (``task.py``)."""
+    return {"agreement": task.agrees(pred, reference), "kl": task.divergence(pred, reference)}
 
 
 def _choices(lp: LayerPlan) -> Iterator[tuple[str, dict]]:
