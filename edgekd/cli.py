@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
+from rich.progress import Progress, ProgressColumn, Task
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .context import no_progress
@@ -65,11 +66,21 @@ def _progress(quiet: bool) -> Callable:
 
     @contextmanager
     def bar(description: str, total: int):
-        with Progress(*Progress.get_default_columns(), console=out, transient=True) as progress:
+        columns = (*Progress.get_default_columns(), _Rate())  # ..., the ETA, then examples/s
+        with Progress(*columns, console=out, transient=True) as progress:
             task = progress.add_task(description, total=total)
-            yield lambda: progress.advance(task)
+            yield lambda n=1: progress.advance(task, n)
 
     return bar
+
+
+class _Rate(ProgressColumn):
+    """Examples per second, once rich has measured it."""
+
+    def render(self, task: Task) -> Text:
+        return Text(
+            f"{task.speed:,.0f} examples/s" if task.speed else "", style="progress.data.speed"
+        )
 
 
 def _logger(quiet: bool) -> Callable[[str], None]:

@@ -19,12 +19,13 @@ from .rundir import RunDir
 from .targets import Target
 from .task import Task
 
-# progress(description, total) -> a context whose value is advance(); the CLI draws it with rich.
-Progress = Callable[[str, int], AbstractContextManager[Callable[[], None]]]
+# progress(description, total) -> a context whose value is advance(n=1); the CLI draws it with
+# rich, with the ETA and the rate (distillation counts examples).
+Progress = Callable[[str, int], AbstractContextManager[Callable[..., None]]]
 
 
-def no_progress(_description: str, _total: int) -> AbstractContextManager[Callable[[], None]]:
-    return nullcontext(lambda: None)
+def no_progress(_description: str, _total: int) -> AbstractContextManager[Callable[..., None]]:
+    return nullcontext(lambda _n=1: None)
 
 
 @dataclass

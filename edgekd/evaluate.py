@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,8 +20,23 @@ def max_batch(bench_batches: list[int]) -> int:
     return max(RUNTIME_BATCH, *bench_batches)
 
 
-def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([_float32(fn(x[i : i + batch])) for i in range(0, len(x), batch)])
+def predict(
+    fn: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    batch: int = 256,
+    into: Path | None = None,
+) -> np.ndarray:
+    """``fn`` over ``x`` in batches; ``into``: written to that ``.npy`` and memory-mapped from it,
+    so the outputs of a large split (a teacher's, cached for training) are not held in memory."""
+    if into is None:
+        return np.concatenate([_float32(fn(x[i : i + batch])) for i in range(0, len(x), batch)])
+    first = _float32(fn(x[:batch]))
+    out = np.lib.format.open_memmap(into, "w+", first.dtype, (len(x), *first.shape[1:]))
+    out[: len(first)] = first
+    for i in range(batch, len(x), batch):
+        out[i : i + batch] = _float32(fn(x[i : i + batch]))
+    out.flush()
+    return out
 
 
 def torch_fn(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

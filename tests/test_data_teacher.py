@@ -226,3 +226,64 @@ def test_an_npz_with_x_and_other_arrays_says_how_to_name_them(tmp_path):
     np.savez(path, x=np.zeros((30, 4), np.float32), mask=np.ones((30, 4)))
     with pytest.raises(InputError, match="holds 'x' and mask"):
         load_data(str(path))
+
+
+def _noise_photos(folder, count, seed=0):
+    """Mixed sizes, each image different, so an order mix-up shows."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        w, h = rng.integers(20, 40, 2)
+        pixels = rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+
+
+def test_a_folder_is_decoded_once_by_workers_into_a_cache_its_splits_map(tmp_path, monkeypatch):
+    from edgekd.data import images, split_arrays
+
+    _noise_photos(tmp_path / "photos", images.PARALLEL + 16)  # enough for worker processes
+    spec = ["data.transform.resize=16", "data.transform.crop=16"]
+    transform = load_recipe("auto", spec).data.transform
+    data = load_data(str(tmp_path / "photos"), transform)
+    for split in (data.train, data.val, data.test):
+        assert isinstance(split.x.base, np.memmap)  # a view of the cache, not a copy
+    # the same splits the in-memory path gives: every image decoded alone, then split
+    found = images._images(tmp_path / "photos")
+    t, _ = images._resolve(transform, {}, [images._header(f) for f in found])
+    alone = np.stack([x for f in found for x in images._load([f], t)])
+    assert data.fingerprint() == split_arrays("photos", alone, None).fingerprint()
+
+    def no_decoding(*_args):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(images, "_decode_all", no_decoding)
+    again = load_data(str(tmp_path / "photos"), transform)
+    assert again.fingerprint() == data.fingerprint()
+    Image.new("RGB", (30, 30), (0, 0, 0)).save(tmp_path / "photos" / "000.png")  # a file changed
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_data(str(tmp_path / "photos"), transform)
+
+
+def test_an_image_that_fails_to_decode_in_a_worker_is_named_and_leaves_no_cache(tmp_path):
+    import os
+    from pathlib import Path
+
+    from edgekd.data import images
+
+    _noise_photos(tmp_path / "photos", images.PARALLEL + 16)
+    broken = tmp_path / "photos" / "050.png"
+    broken.write_bytes(broken.read_bytes()[:200])  # its header reads; its pixels do not
+    cache = Path(os.environ["EDGEKD_CACHE"]) / "images"  # the suite's, not the user's
+    before = sorted(cache.iterdir()) if cache.exists() else []
+    with pytest.raises(InputError, match="050.png' is unreadable"):
+        load_data(str(tmp_path / "photos"))
+    assert (sorted(cache.iterdir()) if cache.exists() else []) == before
+
+
+def test_outputs_predicted_into_a_file_equal_those_held_in_memory(tmp_path, tiny):
+    from edgekd.evaluate import predict, torch_fn
+
+    x = load_data("digits").train.x
+    mapped = predict(torch_fn(tiny), x, batch=100, into=tmp_path / "out.npy")
+    assert isinstance(mapped, np.memmap)
+    np.testing.assert_array_equal(mapped, predict(torch_fn(tiny), x))

@@ -3,18 +3,37 @@
 inputs by a transform: resize of the shorter side, center crop, scaling to [0, 1], mean and
 std. The transform is the recipe's (``data.transform``), else what the teacher declares (timm's
 ``pretrained_cfg``), else ImageNet's for 3-channel images: a pretrained teacher must see inputs
-like its training's. Images are decoded one at a time into the stacked array, so a folder costs
-its transformed size in memory, not its decoded photos."""
+like its training's.
+
+A folder is decoded once, by worker processes, in split order into an ``.npy`` in edgekd's cache
+(keyed by the files' paths, sizes and times and the transform), and the splits are views of it
+memory-mapped: a run reads the images it needs batch by batch, and its own memory does not grow
+with the folder (``benchmarks/streaming.py``). A later run over the same folder skips decoding."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import InputError
+from .splits import DataSplits, Split, split_order
+
+CACHE_FORMAT = 1  # what a cached array holds: raise it when decoding or the transform changes
+PARALLEL = 64  # images at least, for decoding in worker processes
+WORKERS = 4  # at most
+CHUNK = 16  # images per task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resize": 256, "crop": 224}
@@ -59,8 +78,10 @@ def declared(teacher: Any) -> dict[str, Any]:
     return found
 
 
-def load_image_folder(root: Path, recipe: Any = None, teacher_cfg: dict | None = None):
-    """(x, y or None, notes): the folder's images as inputs, with what was assumed."""
+def load_image_folder(
+    root: Path, recipe: Any = None, teacher_cfg: dict | None = None
+) -> DataSplits:
+    """The folder's images as seeded train/val/test splits, with notes of what was assumed."""
     dirs = [d for d in _visible(root) if d.is_dir()]
     loose = [f for f in _visible(root) if _is_image(f)]
     notes = []
@@ -89,14 +110,59 @@ def load_image_folder(root: Path, recipe: Any = None, teacher_cfg: dict | None =
     headers = [_header(f) for f, _ in files]  # sizes and modes, without decoding
     transform, whence = _resolve(recipe, teacher_cfg or {}, headers)
     notes.append(f"images: {transform.describe()} ({whence})")
-    first = _apply(_decode(files[0][0], transform.channels), transform)
-    x = np.empty((len(files), *first.shape), np.float32)
-    x[0] = first
-    for i, (f, _) in enumerate(files[1:], 1):
-        x[i] = _apply(_decode(f, transform.channels), transform)
     labels = [label for _, label in files]
     y = None if labels[0] is None else np.asarray(labels, np.int64)
-    return x, y, notes
+    parts = split_order(root.name, len(files), y)
+    x = decoded([files[i][0] for part in parts for i in part], transform)
+    ends = np.cumsum([len(p) for p in parts])
+    splits = [
+        Split(x[end - len(p) : end], None if y is None else y[p])
+        for p, end in zip(parts, ends, strict=True)
+    ]
+    return DataSplits(root.name, *splits, notes=tuple(notes))
+
+
+def decoded(files: list[Path], transform: Transform) -> np.ndarray:
+    """The images, transformed, in this order: a copy-on-write memory map of the cached
+    array, decoded first if no earlier run left it."""
+    from ..models.demo import cache_dir
+
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = json.dumps([CACHE_FORMAT, dataclasses.asdict(transform), stats])
+    path = cache_dir() / "images" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
+    if not path.is_file():
+        images = _decode_all(files, transform)
+        first = next(images)
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, "w+", np.float32, (len(files), *first.shape))
+            out[0] = first
+            for i, image in enumerate(images, 1):
+                out[i] = image
+            out.flush()
+            del out
+    return np.load(path, mmap_mode="c")
+
+
+def _decode_all(files: list[Path], transform: Transform) -> Iterator[np.ndarray]:
+    """Each image transformed, in order; by worker processes for a large folder, a few chunks
+    ahead of the reader at most, so decoded images never pile up in memory."""
+    workers = min(WORKERS, os.cpu_count() or 1)
+    if len(files) < PARALLEL or workers < 2:
+        yield from _load(files, transform)
+        return
+    # fork: the workers only decode, and a spawned one would re-run the command line
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        pending: collections.deque = collections.deque()
+        for start in range(0, len(files), CHUNK):
+            pending.append(pool.submit(_load, files[start : start + CHUNK], transform))
+            if len(pending) > 2 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _load(files: list[Path], transform: Transform) -> list[np.ndarray]:
+    return [_apply(_decode(f, transform.channels), transform) for f in files]
 
 
 def _visible(folder: Path) -> list[Path]:

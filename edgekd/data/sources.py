@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,8 +68,7 @@ def _npz(path: Path) -> DataSplits:
 
 
 def _image_folder(root: Path, transform: Any, teacher: Any) -> DataSplits:
-    x, y, notes = load_image_folder(root, transform, declared(teacher) if teacher else {})
-    return dataclasses.replace(split_arrays(root.name, x, y), notes=tuple(notes))
+    return load_image_folder(root, transform, declared(teacher) if teacher else {})
 
 
 def _factory(spec: str) -> DataSplits:

@@ -41,12 +41,18 @@ class DataSplits:
         return shapes(self.train.x)
 
     def fingerprint(self) -> str:
+        """A hash of every input and label, read in chunks: an image cache on disk is hashed
+        without being held in memory."""
         digest = hashlib.sha256()
         for split in (self.train, self.val, self.test):
-            digest.update(np.ascontiguousarray(split.x).tobytes())
+            for start in range(0, len(split.x), HASH_CHUNK):
+                digest.update(np.ascontiguousarray(split.x[start : start + HASH_CHUNK]).data)
             if split.y is not None:
                 digest.update(np.ascontiguousarray(split.y).tobytes())
         return digest.hexdigest()
+
+
+HASH_CHUNK = 256  # examples per read when hashing
 
 
 def split_arrays(
@@ -64,10 +70,19 @@ def split_arrays(
             f"data '{name}' has NaN/Inf values in {bad} of {len(x)} inputs; clean or drop them"
         )
     y = None if y is None else np.asarray(y, dtype=np.int64)
+    parts = split_order(name, len(x), y, seed, val, test)
+    return DataSplits(name, *(Split(x[p], None if y is None else y[p]) for p in parts))
+
+
+def split_order(
+    name: str, n: int, y: np.ndarray | None, seed: int = 0, val: float = 0.15, test: float = 0.15
+) -> list[np.ndarray]:
+    """The train, val and test indices of ``n`` examples, known before any input is read (an
+    image folder is decoded straight into split order)."""
     rng = np.random.default_rng(seed)
     if y is None:
-        order = rng.permutation(len(x))
-        n_test, n_val = round(len(x) * test), round(len(x) * val)
+        order = rng.permutation(n)
+        n_test, n_val = round(n * test), round(n * val)
         parts = [order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]]
     else:
         parts = [[], [], []]
@@ -81,9 +96,8 @@ def split_arrays(
             ):
                 part.extend(chosen)
         parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    splits = [Split(x[p], None if y is None else y[p]) for p in parts]
-    if min(len(s) for s in splits) == 0:
+    if min(len(p) for p in parts) == 0:
         raise InputError(
-            f"data '{name}' has too few examples ({len(x)}) for a train/val/test split; give it at least 20"
+            f"data '{name}' has too few examples ({n}) for a train/val/test split; give it at least 20"
         )
-    return DataSplits(name, *splits)
+    return parts

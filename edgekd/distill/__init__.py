@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 from ..context import Context
 from ..evaluate import predict, torch_fn
@@ -23,10 +25,15 @@ def run(ctx: Context) -> Context:
         ctx.run.path / ctx.stage / CHECKPOINT,
         json.dumps(ctx.run.stage(ctx.stage)["inputs"], sort_keys=True),
     )
-    with torch_threads(ctx.recipe.distill.threads):
+    stage_dir = ctx.run.path / ctx.stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        torch_threads(ctx.recipe.distill.threads),
+        tempfile.TemporaryDirectory(prefix=".teacher-outputs-", dir=stage_dir) as scratch,
+    ):  # the teacher's training outputs, memory-mapped: not all held in memory
         result = distill(
             student, ctx.teacher, ctx.data, ctx.task, ctx.recipe.distill, ctx.log, ctx.progress,
-            checkpoint,
+            checkpoint, Path(scratch),
         )  # fmt: skip
     checkpoint.clear()
     save_student(student, ctx.out("student.pt"), ckpt["pruning"], folded=True, quantized=True)

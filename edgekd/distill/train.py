@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ def distill(
     log: Callable[[str], None],
     progress: Progress = no_progress,
     checkpoint: EpochCheckpoint | None = None,
+    scratch: Path | None = None,
 ) -> dict:
     """Train in place; keep the weights of the epoch with the best validation score: accuracy
     (ties go to the lower KL to the teacher) on labelled data, the KL to the teacher on
@@ -64,13 +66,17 @@ def distill(
 
     ``checkpoint``: saved after every epoch (weights, optimizer, schedule, the shuffling
     generator, the best epoch so far), and resumed from when it holds this training's state, so
-    the resumed run ends with the weights the uninterrupted one would have."""
+    the resumed run ends with the weights the uninterrupted one would have.
+
+    ``scratch``: a folder where the teacher's outputs on the training split are written and
+    read back memory-mapped, batch by batch (None: held in memory)."""
     torch.manual_seed(cfg.seed)
     x = data.train.x
     y = None if data.train.y is None else torch.from_numpy(data.train.y)
     labelled = y is not None and isinstance(task, Classification)
-    # the teacher is frozen: its outputs once, each a tensor to index batches from
-    teacher_train = [torch.from_numpy(a) for a in fields(predict(torch_fn(teacher), x))]
+    # the teacher is frozen: its outputs once
+    into = scratch / "teacher_outputs.npy" if scratch else None
+    teacher_train = predict(torch_fn(teacher), x, into=into)
     teacher_val = predict(torch_fn(teacher), data.val.x)
     calibrate(student, data.train.x, cfg.batch_size)
 
@@ -78,14 +84,13 @@ def distill(
         pred = predict(torch_fn(student), data.val.x)
         return task.score(pred, data.val, teacher_val), -task.divergence(pred, teacher_val)
 
-    def train_steps(opt, batches, where: str, after_step=lambda: None) -> list[float]:
+    def train_steps(opt, batches, where: str, after_step=lambda _n: None) -> list[float]:
         losses = []
         for step, idx in enumerate(batches):
             out = flatten(call(student, as_example(x[idx.numpy()])))
             target = y[idx] if labelled else None
-            loss = task.loss(
-                out, [t[idx] for t in teacher_train], target, cfg.temperature, cfg.alpha
-            )
+            targets = [torch.from_numpy(a) for a in fields(teacher_train[idx.numpy()])]
+            loss = task.loss(out, targets, target, cfg.temperature, cfg.alpha)
             if not torch.isfinite(loss):
                 raise StageError(
                     f"distillation loss is {loss.item()} {where} step {step}; "
@@ -94,7 +99,7 @@ def distill(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            after_step()
+            after_step(len(idx))
             reapply_masks(student)
             losses.append(loss.item())
         return losses
@@ -147,11 +152,11 @@ def distill(
                 "set distill.lr to train anyway"
             )
     done = history[-1]["epoch"]
-    with progress("distill", (epochs - done) * steps_per_epoch) as advance:
+    with progress("distill", (epochs - done) * len(x)) as advance:
         for epoch in range(done + 1, epochs + 1):
             batches = torch.randperm(len(x), generator=gen).split(cfg.batch_size)
             losses = train_steps(
-                opt, batches, f"at epoch {epoch}", after_step=lambda: (sched.step(), advance())
+                opt, batches, f"at epoch {epoch}", after_step=lambda n: (sched.step(), advance(n))
             )
             val = score()
             history.append({"epoch": epoch, "loss": float(np.mean(losses)),
