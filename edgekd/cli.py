@@ -134,6 +134,12 @@ def main() -> None:
     default=None,
     help="Allow checkpoints that unpickle Python objects.",
 )
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where distillation trains: auto (CUDA if torch sees it), cpu, cuda or cuda:N.",
+)
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @friendly_errors
 def compress(
@@ -146,6 +152,7 @@ def compress(
     out: str | None,
     resume,
     trust_checkpoint,
+    device,
     quiet,
 ) -> None:
     """Run every stage: measure, plan, prune, distill, export, verify, bench, report, gate."""
@@ -163,8 +170,10 @@ def compress(
         set=list(overrides),
         targets=list(targets),
         trust_checkpoint=trust_checkpoint,
+        device=device,
     )
-    print_summary(run_dir)
+    if run_dir:  # None on torchrun's other ranks: rank 0 prints it
+        print_summary(run_dir)
 
 
 def _stage_command(name: str) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 from .data import DataSplits
 from .data.inputs import Example, as_example
 from .plan import Plan
+from .ranks import Ranks
 from .recipe import Recipe
 from .rundir import RunDir
 from .targets import Target
@@ -44,6 +45,7 @@ class Context:
     metrics: dict[str, Any] = field(default_factory=dict)
     round: int = 0  # the plan search's round (plan/rounds.py)
     budget_pts: float | None = None  # its damage budget after round 1; None: the recipe's
+    ranks: Ranks = field(default_factory=Ranks)  # under torchrun, this rank (0) and the others
     _plan: tuple[int, Plan] | None = field(default=None, repr=False)
 
     @property

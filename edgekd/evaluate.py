@@ -39,14 +39,17 @@ def predict(
     return out
 
 
-def torch_fn(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """The model as runtimes' sessions run: numpy inputs in, packed outputs out (``data.outputs``)."""
+def torch_fn(
+    model: nn.Module, device: torch.device | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The model as runtimes' sessions run: numpy inputs in, packed outputs out (``data.outputs``);
+    ``device``: where the model is, and the inputs go."""
     model.eval()
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            out = call(model, as_example(x))
-            return pack(output_names(out), [t.float().numpy() for t in flatten(out)])
+            out = call(model, as_example(x, device))
+            return pack(output_names(out), [t.float().cpu().numpy() for t in flatten(out)])
 
     return run
 

@@ -26,6 +26,7 @@ from .errors import BudgetMiss, EdgeKDError, ShapeError, StageError
 from .evaluate import max_batch
 from .models import load_teacher, model_fingerprint
 from .plan import rounds
+from .ranks import Ranks, joined, serve
 from .recipe import load_recipe
 from .rundir import RunDir
 from .targets import load_target
@@ -77,15 +78,34 @@ def compress(
     resume: bool = False,
     log: Callable[[str], None] = print,
     progress: Progress = no_progress,
+    device: str = "auto",
     **options: Any,
-) -> Path:
+) -> Path | None:
     """Run every stage; with ``resume``, skip stages that are done and whose inputs are unchanged.
 
     ``options`` are the keys of ``DEFAULTS``; on resume, the ones not given come from the manifest.
+    ``device``: where distillation trains (``ranks.pick_device``), not kept with the run. Under
+    torchrun, rank 0 runs them and returns the run's path; the other ranks train with it
+    in the distill stage (``ranks.py``) and return None.
     """
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    with joined(device) as ranks:
+        if ranks.rank:
+            serve(ranks)
+            return None
+        return _compress(out, resume, log, progress, ranks, options)
+
+
+def _compress(
+    out: str | Path | None,
+    resume: bool,
+    log: Callable[[str], None],
+    progress: Progress,
+    ranks: Ranks,
+    options: dict[str, Any],
+) -> Path:
     given = {k: v for k, v in options.items() if v not in (None, (), [])}
     out_dir = Path(out) if out else _default_out(given.get("teacher", DEFAULTS["teacher"]))
     previous = (
@@ -100,6 +120,7 @@ def compress(
     parts = _load(config, log)  # every input is checked before the run directory is touched
     run = RunDir.create(out_dir, config, resume)
     ctx = _context(run, parts, log, progress)
+    ctx.ranks = ranks
     run.save()
     todo, trained = list(STAGES), False
     while todo:

@@ -100,6 +100,9 @@ class DistillRecipe(Section):
     # CPU threads for training and its evaluations; None: torch's default (the physical cores).
     # Fewer when the machine is shared: oversubscribed threads slowed one job 15x
     threads: Count | None = None
+    # mixed precision while training (autocast; fp16 with gradient scaling): bf16 on GPUs and
+    # on CPUs with bf16 kernels. The teacher's outputs, validation and export stay float32
+    amp: Literal["off", "bf16", "fp16"] = "off"
 
 
 class VerifyRecipe(Section):

@@ -20,6 +20,7 @@ from ..evaluate import predict, torch_fn
 from ..prune.sparsity import reapply_masks
 from ..quant import ActQuant
 from ..quant.bias import correct_student
+from ..ranks import Ranks
 from ..recipe import DistillRecipe
 from ..task import Classification, Task
 from .checkpoint import EpochCheckpoint
@@ -27,6 +28,7 @@ from .checkpoint import EpochCheckpoint
 # Learning rates ``distill.lr: auto`` tries: from a from-scratch student's to a pretrained one's.
 PROBE_LRS = (1e-3, 1e-4, 1e-5)
 PROBE_STEPS = 20  # at most, per rate: one epoch on small data
+AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # distill.amp
 
 
 def distill(
@@ -39,6 +41,7 @@ def distill(
     progress: Progress = no_progress,
     checkpoint: EpochCheckpoint | None = None,
     scratch: Path | None = None,
+    ranks: Ranks | None = None,
 ) -> dict:
     """Train in place; keep the weights of the epoch with the best validation score: accuracy
     (ties go to the lower KL to the teacher) on labelled data, the KL to the teacher on
@@ -69,45 +72,80 @@ def distill(
     the resumed run ends with the weights the uninterrupted one would have.
 
     ``scratch``: a folder where the teacher's outputs on the training split are written and
-    read back memory-mapped, batch by batch (None: held in memory)."""
+    read back memory-mapped, batch by batch (None: held in memory).
+
+    ``ranks``: this process's part in a torchrun (``ranks.py``) and the device it trains on;
+    None: one process, on the CPU. The student and the teacher are moved there and back.
+    Calibration runs on rank 0, on the CPU, before."""
+    ranks = ranks or Ranks()
+    device = ranks.device
     torch.manual_seed(cfg.seed)
+    if ranks.rank == 0:
+        calibrate(student, data.train.x, cfg.batch_size)
+    try:
+        return _train(student.to(device), teacher.to(device), data, task, cfg, log, progress,
+                      checkpoint, scratch, ranks)  # fmt: skip
+    finally:
+        student.cpu()
+        teacher.cpu()
+
+
+def _train(student, teacher, data, task, cfg, log, progress, checkpoint, scratch, ranks) -> dict:
+    """``distill`` once the student is calibrated, on the device."""
+    device, main = ranks.device, ranks.rank == 0
+    student.eval()  # as calibrated (rank 0); the others' observers stay off until DDP syncs them
     x = data.train.x
-    y = None if data.train.y is None else torch.from_numpy(data.train.y)
+    y = None if data.train.y is None else torch.from_numpy(data.train.y).to(device)
     labelled = y is not None and isinstance(task, Classification)
     # the teacher is frozen: its outputs once
     into = scratch / "teacher_outputs.npy" if scratch else None
-    teacher_train = predict(torch_fn(teacher), x, into=into)
-    teacher_val = predict(torch_fn(teacher), data.val.x)
-    calibrate(student, data.train.x, cfg.batch_size)
+    teacher_train = predict(torch_fn(teacher, device), x, into=into)
+    teacher_val = predict(torch_fn(teacher, device), data.val.x) if main else None
+    model = ranks.wrap(student, as_example(x[:2], device))  # all hold rank 0's student
+    amp = torch.autocast(device.type, dtype=AMP[cfg.amp], enabled=cfg.amp != "off")
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     def score() -> tuple[float, float]:
-        pred = predict(torch_fn(student), data.val.x)
-        return task.score(pred, data.val, teacher_val), -task.divergence(pred, teacher_val)
+        """Rank 0's: what every rank decides by."""
+        if main:
+            pred = predict(torch_fn(student, device), data.val.x)
+            found = task.score(pred, data.val, teacher_val), -task.divergence(pred, teacher_val)
+        return ranks.share(found if main else None)
 
-    def train_steps(opt, batches, where: str, after_step=lambda _n: None) -> list[float]:
+    def train_steps(opt, batches, where: str, sched=None, advance=lambda _n: None) -> list[float]:
         losses = []
         for step, idx in enumerate(batches):
-            out = flatten(call(student, as_example(x[idx.numpy()])))
-            target = y[idx] if labelled else None
-            targets = [torch.from_numpy(a) for a in fields(teacher_train[idx.numpy()])]
-            loss = task.loss(out, targets, target, cfg.temperature, cfg.alpha)
-            if not torch.isfinite(loss):
+            if len(idx) < ranks.world:  # a last batch too small to share is left out
+                continue
+            part = ranks.part(idx).numpy()
+            with amp:
+                out = flatten(call(model, as_example(x[part], device)))
+                target = y[part] if labelled else None
+                targets = [torch.from_numpy(a).to(device) for a in fields(teacher_train[part])]
+                loss = task.loss(out, targets, target, cfg.temperature, cfg.alpha)
+            loss = loss.float() * ranks.weight(len(part), len(idx))
+            whole = ranks.mean(loss)
+            if not torch.isfinite(whole):
                 raise StageError(
-                    f"distillation loss is {loss.item()} {where} step {step}; "
+                    f"distillation loss is {whole.item()} {where} step {step}; "
                     f"lower distill.lr (now {cfg.lr}) or check the data for NaN/Inf"
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            after_step(len(idx))
+            scaler.scale(loss).backward()
+            scale = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            if sched and scaler.get_scale() >= scale:  # fp16: a step of inf gradients is skipped
+                sched.step()
+            advance(len(idx))
             reapply_masks(student)
-            losses.append(loss.item())
+            losses.append(whole.item())
         return losses
 
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in student.parameters() if p.requires_grad]
     lr, probed = cfg.lr, {}
-    resumed = checkpoint.load() if checkpoint else None
+    resumed = ranks.share(checkpoint.load() if checkpoint else None)
     if resumed:
         lr, probed = resumed["lr"], resumed["probed"]
     elif lr == "auto":
@@ -134,9 +172,10 @@ def distill(
         opt.load_state_dict(resumed["optimizer"])
         sched.load_state_dict(resumed["schedule"])
         gen.set_state(resumed["generator"])
+        scaler.load_state_dict(resumed["scaler"])
         best = (tuple(resumed["best_score"]), resumed["best_state"])
         best_epoch, history, epochs = resumed["best_epoch"], resumed["history"], resumed["epochs"]
-        log(f"  resumed after epoch {history[-1]['epoch']} ({checkpoint.path})")
+        log(f"  resumed after epoch {history[-1]['epoch']} ({checkpoint and checkpoint.path})")
     else:
         val = score()
         best = (val, copy.deepcopy(student.state_dict()))
@@ -155,9 +194,7 @@ def distill(
     with progress("distill", (epochs - done) * len(x)) as advance:
         for epoch in range(done + 1, epochs + 1):
             batches = torch.randperm(len(x), generator=gen).split(cfg.batch_size)
-            losses = train_steps(
-                opt, batches, f"at epoch {epoch}", after_step=lambda n: (sched.step(), advance(n))
-            )
+            losses = train_steps(opt, batches, f"at epoch {epoch}", sched, advance)
             val = score()
             history.append({"epoch": epoch, "loss": float(np.mean(losses)),
                             "val_accuracy": val[0], "val_kl": -val[1]})  # fmt: skip
@@ -168,6 +205,7 @@ def distill(
                 checkpoint.save(
                     student=student.state_dict(), optimizer=opt.state_dict(),
                     schedule=sched.state_dict(), generator=gen.get_state(),
+                    scaler=scaler.state_dict(),
                     best_score=list(best[0]), best_state=best[1], best_epoch=best_epoch,
                     history=history, epochs=epochs, lr=lr, probed=probed,
                 )  # fmt: skip
