@@ -40,15 +40,16 @@ def predict(
 
 
 def torch_fn(
-    model: nn.Module, device: torch.device | None = None
+    model: nn.Module, device: torch.device | None = None, float_dtype: torch.dtype | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The model as runtimes' sessions run: numpy inputs in, packed outputs out (``data.outputs``);
-    ``device``: where the model is, and the inputs go."""
+    ``device``: where the model is, and the inputs go; ``float_dtype``: the model's, which
+    floating inputs are cast to (a model in float64)."""
     model.eval()
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            out = call(model, as_example(x, device))
+            out = call(model, as_example(x, device, float_dtype))
             return pack(output_names(out), [t.float().cpu().numpy() for t in flatten(out)])
 
     return run

@@ -127,3 +127,37 @@ def test_an_embedding_teacher_compresses_as_outputs_judged_by_cosine(tmp_path):
         assert row["status"] == "ok" and set(row["outputs"]) == {"output"}
         assert row["agreement"] == row["outputs"]["output"]["cosine"] >= 0.99
     assert "cosine similarity" in (run / "report.md").read_text()
+
+
+class _Rounding(nn.Module):
+    """Eight Linear layers, each output rounded to a grid as int8 activations are: a
+    change in the last bit of a sum can flip a code, and the flips cascade (a trained W8A8
+    MiniLM does this: PyTorch float32 and float64 agree at cosine 0.995)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(nn.Linear(384, 384) for _ in range(8))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.round(torch.tanh(layer(x)) * 64) / 64
+        return x
+
+
+def test_an_export_that_differs_only_as_float_orders_do_is_told_from_a_wrong_one(tmp_path):
+    from edgekd.verify import rounding_explains
+
+    model, x = _Rounding().eval(), np.random.default_rng(0).normal(size=(200, 384)).astype("f4")
+    path = tmp_path / "m.onnx"
+    onnx.save(export_float(model, torch.from_numpy(x[:2]), ("out",)), path)
+    session = get_runtime("onnxruntime").open(path, precision="exact")
+    exported, pytorch = session.run(x), torch_fn(model)(x)
+    exact = torch_fn(model.double(), float_dtype=torch.float64)(x)
+    task = Outputs(("out",))
+    if task.agrees(exported, pytorch) == 1.0:
+        pytest.skip("ONNX Runtime summed as PyTorch does on this CPU: no code flipped")
+    float64 = {"export": task.agrees(exported, exact), "pytorch": task.agrees(pytorch, exact)}
+    assert rounding_explains(float64)
+    wrong = exported * np.where(np.arange(384) < 8, -1, 1).astype("f4")  # 8 outputs negated
+    assert not rounding_explains({**float64, "export": task.agrees(wrong, exact)})

@@ -49,12 +49,16 @@ def feed_as(x: np.ndarray, first: str | int) -> dict:
     return {first: arrays[SINGLE]} if list(arrays) == [SINGLE] else arrays
 
 
-def as_example(x: np.ndarray, device: Any = None) -> Example:
+def as_example(x: np.ndarray, device: Any = None, float_dtype: Any = None) -> Example:
     """The tensor (one input) or the keyword tensors (several) to call the model with, on
-    ``device`` (a ``torch.device``; None: the CPU)."""
+    ``device`` (a ``torch.device``; None: the CPU), floating ones as ``float_dtype`` (None:
+    float32)."""
     import torch
 
-    tensors = {name: torch.from_numpy(a).to(device) for name, a in feed(x).items()}
+    tensors = {
+        name: torch.from_numpy(a).to(device, float_dtype if a.dtype.kind == "f" else None)
+        for name, a in feed(x).items()
+    }
     return tensors if x.dtype.names else tensors[SINGLE]
 
 
