@@ -64,6 +64,7 @@ def measure_interleaved(
 
 
 def batch_of(x: np.ndarray, batch: int) -> np.ndarray:
-    """``batch`` real test inputs, repeated if the test split is smaller."""
+    """``batch`` real test inputs, repeated if the test split is smaller (only those copied: the
+    split may be a memory map of a large image folder)."""
     reps = -(-batch // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch])
+    return np.ascontiguousarray(np.concatenate([x[:batch]] * reps)[:batch])
