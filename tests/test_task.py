@@ -155,8 +155,8 @@ def test_an_export_that_differs_only_as_float_orders_do_is_told_from_a_wrong_one
     exported, pytorch = session.run(x), torch_fn(model)(x)
     exact = torch_fn(model.double(), float_dtype=torch.float64)(x)
     task = Outputs(("out",))
-    if task.agrees(exported, pytorch) == 1.0:
-        pytest.skip("ONNX Runtime summed as PyTorch does on this CPU: no code flipped")
+    assert task.agrees(pytorch, exact) < 1.0  # float32 itself flips codes, on any CPU
+    assert task.agrees(exported, pytorch) > 0.999  # ORT flips some or none, as its sums fall
     float64 = {"export": task.agrees(exported, exact), "pytorch": task.agrees(pytorch, exact)}
     assert rounding_explains(float64)
     wrong = exported * np.where(np.arange(384) < 8, -1, 1).astype("f4")  # 8 outputs negated
