@@ -158,4 +158,4 @@ def test_inspect_of_a_teacher_with_token_inputs_lists_its_layers(tmp_path):
     np.savez(data, **zoo.token_data(40))
     result = edgekd("inspect", "zoo:tiny_bert", "--data", str(data), "--json", cwd=TESTS)
     assert result.returncode == 0, result.stderr
-    assert "layers.0.qkv" in {r["layer"] for r in json.loads(result.stdout)}
+    assert "layers.0.attention.query" in {r["layer"] for r in json.loads(result.stdout)}

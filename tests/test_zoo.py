@@ -262,3 +262,29 @@ def test_a_labelled_folder_of_fewer_classes_than_the_teacher_has_outputs_says_ho
         line.startswith("data: 2 label values for a teacher of 10 outputs") for line in lines
     )
     assert any(line.startswith("data: images: 3-channel") for line in lines)
+
+
+def test_attention_heads_are_pruned_whole_the_weakest_first_and_replay_the_same():
+    from edgekd.prune.structured import kept_heads, prune_channels, replay_pruning
+
+    torch.manual_seed(0)
+    teacher = zoo.tiny_bert().eval()
+    attention = teacher.layers[0]["attention"]  # 4 heads of 8
+    with torch.no_grad():
+        for layer in (attention.query, attention.key, attention.value):
+            for head in (1, 3):
+                layer.weight[head * 8 : (head + 1) * 8] *= 0.01
+    x = as_example(named(zoo.token_data(4)))
+    plan = _plan(teacher, x, overrides=["prune.keep_ratio=0.5"])
+    student = clone_model(teacher)
+    decisions = prune_channels(student, plan, x)
+    assert kept_heads(teacher, student) == {
+        "layers.0.attention": [4, 2],
+        "layers.1.attention": [4, 2],
+    }
+    kept = student.layers[0]["attention"].query.weight
+    expected = torch.cat([attention.query.weight[0:8], attention.query.weight[16:24]])
+    torch.testing.assert_close(kept, expected)  # heads 0 and 2, the strong ones
+    replayed = replay_pruning(clone_model(teacher), decisions, x)
+    with torch.no_grad():
+        torch.testing.assert_close(replayed(**x), student(**x))

@@ -237,6 +237,27 @@ class TokenBatchNorm(nn.Module):
         return self.head(F.relu(self.bn(self.fc(x))).mean(1))
 
 
+class SelfAttention(nn.Module):
+    """Hugging Face's BERT self-attention: separate query/key/value, reshaped by its declared
+    ``num_attention_heads`` and ``attention_head_size`` (heads are pruned whole)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = heads, dim // heads
+        self.all_head_size = dim
+        self.query, self.key, self.value = (nn.Linear(dim, dim) for _ in range(3))
+
+    def forward(self, x, keep):
+        b, n, _ = x.shape
+        shape = (b, n, self.num_attention_heads, self.attention_head_size)
+        q, k, v = (
+            layer(x).view(shape).transpose(1, 2) for layer in (self.query, self.key, self.value)
+        )
+        scores = (q @ k.transpose(-2, -1)) / self.attention_head_size**0.5
+        context = scores.masked_fill(~keep, -1e4).softmax(-1) @ v
+        return context.transpose(1, 2).reshape(b, n, self.all_head_size)
+
+
 class TinyBert(nn.Module):
     """A BERT classifier on token ids and an attention mask (int64 inputs): embeddings, two
     encoder layers with masked attention, masked mean pooling; and a pooler whose output the
@@ -244,12 +265,11 @@ class TinyBert(nn.Module):
 
     def __init__(self, vocab: int = 100, dim: int = 32, heads: int = 4, tokens: int = 12) -> None:
         super().__init__()
-        self.heads = heads
         self.tokens, self.positions = nn.Embedding(vocab, dim), nn.Embedding(tokens, dim)
         self.layers = nn.ModuleList(
             nn.ModuleDict(
                 {
-                    "qkv": nn.Linear(dim, 3 * dim),
+                    "attention": SelfAttention(dim, heads),
                     "out": nn.Linear(dim, dim),
                     "norm1": nn.LayerNorm(dim),
                     "ffn1": nn.Linear(dim, 2 * dim),
@@ -263,14 +283,11 @@ class TinyBert(nn.Module):
         self.classifier = nn.Linear(dim, CLASSES)
 
     def forward(self, input_ids, attention_mask):
-        b, n = input_ids.shape
+        n = input_ids.shape[1]
         x = self.tokens(input_ids) + self.positions(torch.arange(n, device=input_ids.device))
         keep = attention_mask[:, None, None, :].bool()
         for layer in self.layers:
-            q, k, v = layer["qkv"](x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-            scores = (q @ k.transpose(-2, -1)) / (q.shape[-1] ** 0.5)
-            attn = scores.masked_fill(~keep, -1e4).softmax(-1) @ v
-            x = layer["norm1"](x + layer["out"](attn.transpose(1, 2).reshape(b, n, -1)))
+            x = layer["norm1"](x + layer["out"](layer["attention"](x, keep)))
             x = layer["norm2"](x + layer["ffn2"](F.gelu(layer["ffn1"](x))))
         self.pooled = torch.tanh(self.pooler(x[:, 0]))  # computed, never read by the head
         mask = attention_mask[..., None].to(x.dtype)

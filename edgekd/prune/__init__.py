@@ -7,7 +7,7 @@ from ..context import Context
 from ..evaluate import count_params, predict, torch_fn
 from ..models.clone import clone_model
 from .sparsity import apply_2of4
-from .structured import kept_channels, prune_channels
+from .structured import kept_channels, kept_heads, prune_channels
 
 
 def run(ctx: Context) -> Context:
@@ -28,6 +28,7 @@ def run(ctx: Context) -> Context:
         student_nonzero_params=sum(int((p != 0).sum()) for p in student.parameters()),
         pruned_groups=len(decisions),
         channels=kept_channels(ctx.teacher, student),
+        heads=kept_heads(ctx.teacher, student),
         sparse_2of4_layers=sparse,
         accuracy_before_distill=ctx.task.score(
             predict(torch_fn(student), test.x), test, teacher_out

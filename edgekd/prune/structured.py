@@ -17,12 +17,14 @@ from ..data.outputs import flatten
 from ..errors import StageError
 from ..models.clone import clone_model
 from ..plan import COMPRESSIBLE, Plan
+from .heads import find_attention, prune_heads
 
 Decision = dict  # {"layer": str, "idxs": list[int]}
 
 
 def prune_channels(model: nn.Module, plan: Plan, example: Example) -> list[Decision]:
-    """Remove the lowest-magnitude channel groups to each layer's keep ratio; return the decisions."""
+    """Remove the lowest-magnitude channel groups to each layer's keep ratio, and the weakest
+    attention heads whole (``heads``) to their q/k/v layers' lowest; return the decisions."""
     ratios = {
         m: 1.0 - lp.keep_ratio
         for name, m in model.named_modules()
@@ -31,6 +33,8 @@ def prune_channels(model: nn.Module, plan: Plan, example: Example) -> list[Decis
     if not ratios:
         return []
     names = {m: n for n, m in model.named_modules()}
+    attention = {a: 1.0 - max(ratios.pop(p, 0.0) for p in a.projections)
+                 for a in find_attention(model)}  # fmt: skip
     ignored = [m for m in names if isinstance(m, COMPRESSIBLE) and m not in ratios]
     pruner = tp.pruner.MagnitudePruner(
         model,
@@ -43,10 +47,13 @@ def prune_channels(model: nn.Module, plan: Plan, example: Example) -> list[Decis
     )
     expected = _output_shapes(model, example)
     decisions = []
-    for group in pruner.step(interactive=True):
+    for group in pruner.step(interactive=True) if ratios else ():
         root = group[0].dep.target.module
         decisions.append({"layer": names[root], "idxs": [int(i) for i in group[0].idxs]})
         group.prune()
+    for a, keep in attention.items():
+        if (idxs := prune_heads(pruner.DG, a, keep)) is not None:
+            decisions.append({"layer": names[a.projections[0]], "idxs": idxs})
     _check_still_works(model, example, expected)
     return decisions
 
@@ -144,9 +151,20 @@ def replay_pruning(model: nn.Module, decisions: list[Decision], example: Example
     """Apply recorded decisions to a fresh teacher copy, giving the same architecture."""
     if not decisions:
         return model
+    attention = find_attention(model)  # head widths as the teacher has them
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     for d in decisions:
         layer = model.get_submodule(d["layer"])
         prune_fn = graph.get_pruner_of_module(layer).prune_out_channels
         graph.get_pruning_group(layer, prune_fn, idxs=d["idxs"]).prune()
+    for a in attention:
+        a.sync()
     return model
+
+
+def kept_heads(teacher: nn.Module, student: nn.Module) -> dict[str, list[int]]:
+    """Heads per attention layer, teacher vs student."""
+    names = {m: n for n, m in teacher.named_modules()}
+    after = dict(student.named_modules())
+    return {names[a.module]: [a.heads, getattr(after[names[a.module]], a.count)]
+            for a in find_attention(teacher)}  # fmt: skip
