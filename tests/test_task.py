@@ -106,14 +106,16 @@ def test_a_forward_that_fixes_the_batch_size_fails_export_saying_what_to_write()
         export_float(_BatchAsNumber(), torch.from_numpy(zoo.data(2)["x"]))
 
 
-def test_an_embedding_teacher_compresses_as_outputs_judged_by_cosine(tmp_path):
+def test_an_embedding_teacher_pruned_by_whole_heads_compresses_as_outputs_judged_by_cosine(
+    tmp_path,
+):
     np.savez(tmp_path / "tokens.npz", **zoo.token_data())
     run = compress(
         out=tmp_path / "run",
         teacher="zoo:tiny_bert",
         data=str(tmp_path / "tokens.npz"),
         recipe="w8a8",
-        set=[*FAST, "task=outputs"],
+        set=[*FAST, "task=outputs", "prune.keep_ratio=0.5"],
         log=lambda _line: None,
     )
     report = json.loads((run / "report.json").read_text())
@@ -126,7 +128,9 @@ def test_an_embedding_teacher_compresses_as_outputs_judged_by_cosine(tmp_path):
     for row in students:
         assert row["status"] == "ok" and set(row["outputs"]) == {"output"}
         assert row["agreement"] == row["outputs"]["output"]["cosine"] >= 0.99
+    assert report["student"]["heads"] == {f"layers.{i}.attention": [4, 2] for i in (0, 1)}
     assert "cosine similarity" in (run / "report.md").read_text()
+    assert "Attention heads kept: `layers.0.attention` 2 of 4" in (run / "report.md").read_text()
 
 
 class _Rounding(nn.Module):

@@ -40,6 +40,7 @@ def assemble(ctx: Context) -> dict[str, Any]:
             "precision": _precision(bench),
             "sparse_2of4_layers": prune["sparse_2of4_layers"],
             "channels": prune["channels"],  # layer -> [teacher, student] output channels
+            "heads": prune.get("heads", {}),  # attention layer -> [teacher, student] heads
             "distill": {
                 k: distill[k]
                 for k in (

@@ -115,6 +115,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Plan: what each layer became, and how each runtime should run it (its target file)",
         "",
         *_plan(report["plan"], report["student"]["channels"]),
+        *_heads(report["student"]["heads"]),
         "",
         "## Environment",
         "",
@@ -309,6 +310,12 @@ def _verify_row(r: dict) -> list:
         r["model"], r["runtime"], f"{r['agreement']:.2%}", f"{r['max_abs_error']:.2e}",
         f"{r['mean_abs_error']:.2e}", f"{r['accuracy']:.2%}", r["status"],
     ]  # fmt: skip
+
+
+def _heads(heads: dict[str, list[int]]) -> list[str]:
+    """Attention heads are pruned whole; the plan's q/k/v keep ratios set how many go."""
+    kept = [f"`{name}` {after} of {before}" for name, (before, after) in heads.items()]
+    return ["", f"Attention heads kept: {', '.join(kept)}."] if kept else []
 
 
 def _plan(plan: dict, channels: dict[str, list[int]]) -> list[str]:
