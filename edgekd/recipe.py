@@ -83,6 +83,8 @@ class QuantRecipe(Section):
     block_size: BlockSize = 32  # along the input dimension, when granularity is "block"
     symmetric: bool = False
     activation_bits: Literal[8, 32] = 8  # 32 = float activations
+    # embedding tables (nn.Embedding): symmetric codes, one scale per row (token)
+    embedding_bits: Literal[8, "float"] = 8
     overrides: list[QuantOverride] = Field(default_factory=list)
 
 

@@ -162,7 +162,8 @@ def _choose(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationI
 
 T = TypeVar("T")
 Choice = Annotated[T, WrapValidator(_choose)]  # a value, or a choice of values keyed by feature
-Op = Literal["Conv", "Gemm", "MatMul"]  # the ONNX ops compressible layers export to
+Op = Literal["Conv", "Gemm", "MatMul", "Gather"]  # the ONNX ops compressible layers export to
+# (Gather: an embedding table, its rows gathered by token id)
 Bits = Literal[2, 3, 4, 8]  # code widths
 Storage = Literal[4, 8]  # the widths codes are stored in (2- and 3-bit codes in INT4)
 PerOp = Choice[dict[Op, Choice[list[T]]]]

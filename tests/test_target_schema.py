@@ -65,7 +65,7 @@ def test_an_unknown_key_in_a_file_that_extends_another_is_an_error(tmp_path):
     ("line", "message"),
     [
         ("    lowbit_kernels: {conv: [8]}\n",
-         "lowbit_kernels.conv must be one of 'Conv', 'Gemm' or 'MatMul', got 'conv' (did you mean 'Conv'?)"),
+         "lowbit_kernels.conv must be one of 'Conv', 'Gemm', 'MatMul' or 'Gather', got 'conv' (did you mean 'Conv'?)"),
         ("    faster_than_float: {Conv: [3]}\n",
          "faster_than_float.Conv[0] must be one of 4 or 8, got 3"),
         ("    int8_weight_bits: 6\n", "int8_weight_bits must be one of 7 or 8, got 6"),

@@ -130,7 +130,9 @@ def test_an_embedding_teacher_pruned_by_whole_heads_compresses_as_outputs_judged
         assert row["agreement"] == row["outputs"]["output"]["cosine"] >= 0.99
     assert report["student"]["heads"] == {f"layers.{i}.attention": [4, 2] for i in (0, 1)}
     assert "cosine similarity" in (run / "report.md").read_text()
-    assert "Attention heads kept: `layers.0.attention` 2 of 4" in (run / "report.md").read_text()
+    markdown = (run / "report.md").read_text()
+    assert "Attention heads kept: `layers.0.attention` 2 of 4" in markdown
+    assert "Embedding tables, one scale per row: `tokens` int8, `positions` int8." in markdown
 
 
 class _Rounding(nn.Module):

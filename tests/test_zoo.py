@@ -44,7 +44,9 @@ def zoo_data(tmp_path_factory):
     """name -> the .npz its model takes: images, or token ids with an attention mask."""
     folder = tmp_path_factory.mktemp("zoo")
     np.savez(folder / "images.npz", **zoo.data())
-    np.savez(folder / "tokens.npz", **zoo.token_data())
+    np.savez(
+        folder / "tokens.npz", **zoo.token_data(1024)
+    )  # 154 test sentences: one int8 flip is 0.6%
     return lambda name: folder / ("tokens.npz" if name in zoo.TOKEN_INPUTS else "images.npz")
 
 
@@ -288,3 +290,40 @@ def test_attention_heads_are_pruned_whole_the_weakest_first_and_replay_the_same(
     replayed = replay_pruning(clone_model(teacher), decisions, x)
     with torch.no_grad():
         torch.testing.assert_close(replayed(**x), student(**x))
+
+
+def test_embedding_tables_are_stored_as_int8_rows_gathered_before_they_are_dequantized(tmp_path):
+    torch.manual_seed(0)
+    teacher, tokens = zoo.tiny_bert().eval(), named(zoo.token_data(8))
+    x = as_example(tokens)
+    plan = _plan(teacher, x)
+    assert plan.embeddings == {"tokens": 8, "positions": 8}
+    student = prepare_qat(clone_model(teacher), plan).eval()
+    with torch.no_grad():
+        expected = student(**x).numpy()
+    model = student_onnx(student, x)
+    tables = {i.name: i for i in model.graph.initializer}
+    assert tables["tokens.weight_quantized"].data_type == onnx.TensorProto.INT8
+    assert list(tables["tokens.weight_quantized"].dims) == [100, 32]
+    assert "tokens.weight" not in tables  # the float table is gone, not kept beside the codes
+    readers = [n.op_type for n in model.graph.node if "tokens.weight_quantized" in n.input]
+    assert readers == ["Gather"]  # rows first: no DequantizeLinear of the whole table per call
+    path = tmp_path / "student.onnx"
+    onnx.save(model, path)
+    for name in ("onnxruntime", "openvino"):
+        runtime = get_runtime(name)
+        built = runtime.build(path, tmp_path / f"{name}{runtime.artifact_suffix}")
+        got = runtime.open(built, precision="exact").run(tokens)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_tables_stay_float_where_asked_or_where_a_target_loads_no_integer_table():
+    teacher = zoo.tiny_bert().eval()
+    x = as_example(named(zoo.token_data(4)))
+    assert _plan(teacher, x, overrides=["quant.embedding_bits=float"]).embeddings == {}
+    gpu = resolve_plan(load_recipe("w8a8"), [load_target("nvidia-gpu")], teacher, x)
+    assert gpu.embeddings == {}
+    assert any(
+        a.startswith("embedding tables stay float: tensorrt (nvidia-gpu) loads no 8-bit table")
+        for a in gpu.adjustments
+    )

@@ -103,6 +103,54 @@ def quantize_weights(
     return _to_proto(irm)
 
 
+def quantize_tables(model: onnx.ModelProto, tables: dict[str, QuantizedTensor]) -> onnx.ModelProto:
+    """Store each named embedding table (keys: torch parameter names) as integer codes with one
+    scale per row, and make every Gather of it gather codes and scales, then multiply
+    (Gather -> Cast -> Mul): only the rows read are dequantized.
+
+    Why not DequantizeLinear -> Gather: ONNX Runtime 1.32 keeps the DequantizeLinear and
+    dequantizes the whole table on every call (MiniLM's 30522 x 384 words: 6.9 ms at batch 1 on
+    one core; gathering first: 0.01 ms). A table the exporter folded away (constant ids, such
+    as Hugging Face's token type buffer) is left as it is: its float values are the dequantized
+    ones, so the graph still computes what training did."""
+    irm = ir.from_proto(model)
+    graph = irm.graph
+    for name, t in tables.items():
+        _check_codes(name, t)
+        init = graph.initializers.get(name)
+        if init is None:
+            continue
+        _check_matches(name, init, dequantize(t))
+        gathers = [node for node, index in init.uses() if node.op_type == "Gather" and index == 0
+                   and node.attributes.get_int("axis", 0) == 0]  # fmt: skip
+        if not gathers:
+            continue
+        codes = _initializer(
+            graph, f"{name}_quantized", t.q.astype(_CONTAINERS[(t.bits, t.signed)].numpy())
+        )
+        scales = _initializer(graph, f"{name}_scale", np.asarray(t.scale).reshape(-1, 1))
+        for node in gathers:
+            graph.extend(_gather_rows(node, codes, scales))
+            graph.remove(node, safe=True)
+        if not init.uses():
+            graph.initializers.pop(init.name)
+    graph.sort()
+    return _to_proto(irm)
+
+
+def _gather_rows(gather: ir.Node, codes: ir.Value, scales: ir.Value) -> list[ir.Node]:
+    """Gather -> Cast -> Mul taking over ``gather``'s output (name and readers)."""
+    ids, result = gather.inputs[1], gather.outputs[0]
+    rows = ir.node("Gather", [codes, ids], {"axis": 0}, name=f"{gather.name}_codes")
+    row_scales = ir.node("Gather", [scales, ids], {"axis": 0}, name=f"{gather.name}_scales")
+    cast = ir.node("Cast", [rows.outputs[0]], {"to": int(ir.DataType.FLOAT)},
+                   name=f"{gather.name}_cast")  # fmt: skip
+    mul = ir.node("Mul", [cast.outputs[0], row_scales.outputs[0]], name=f"{gather.name}_rows")
+    result.replace_all_uses_with(mul.outputs[0], replace_graph_outputs=True)
+    mul.outputs[0].name, result.name = result.name, f"{result.name}_float"
+    return [rows, row_scales, cast, mul]
+
+
 def quantize_activations(
     model: onnx.ModelProto,
     inputs: dict[str, tuple[float, int, bool]],

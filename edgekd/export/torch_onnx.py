@@ -19,7 +19,7 @@ from ..data.inputs import SINGLE, Example
 from ..errors import StageError
 from ..models.clone import clone_model
 from ..quant import QuantizeOutput, QuantLayer
-from .lowbit import OPSET, QuantizedTensor, quantize_activations, quantize_weights
+from .lowbit import OPSET, QuantizedTensor, quantize_activations, quantize_tables, quantize_weights
 
 
 def export_float(
@@ -101,6 +101,7 @@ def student_onnx(
     """Export the student as a float graph, then write its low-bit weights and activation QDQ."""
     plain = clone_model(student).eval()
     weights: dict[str, QuantizedTensor] = {}
+    tables: dict[str, QuantizedTensor] = {}  # embedding tables: their rows are gathered
     activations: dict[str, tuple[float, int, bool]] = {}
     results: dict[str, tuple[float, int, bool]] = {}  # layers whose output is quantized
     for module in plain.modules():  # block output hooks leave the graph: their Q -> DQ is below
@@ -114,7 +115,8 @@ def student_onnx(
         if not isinstance(module, QuantLayer):
             continue
         qw = module.export_weight()
-        weights[f"{name}.weight"] = _to_tensor(qw, module.weight_format)
+        kind = tables if isinstance(module, nn.Embedding) else weights
+        kind[f"{name}.weight"] = _to_tensor(qw, module.weight_format)
         if module.act_quant is not None and id(module.act_quant) not in out_quants:
             activations[name] = (*module.act_quant.qparams(), module.act_quant.symmetric)
             if module.input_quantized:
@@ -127,7 +129,9 @@ def student_onnx(
         del module.act_quant
         del module.out_quant
         del module.weight_clip
-    model = quantize_weights(export_float(plain, example, outputs), weights)
+    model = quantize_weights(
+        quantize_tables(export_float(plain, example, outputs), tables), weights
+    )
     return quantize_activations(
         model,
         {node: qp for name, qp in activations.items() for node in _consumers_of(model, name)},

@@ -230,7 +230,8 @@ def searched(
         alone = damage.points(picked[lp.name].damage)
         chosen.notes = [*lp.notes, f"predicted damage {alone:.2f} pts alone"]
         layers.append(chosen)
-    plan = Plan(layers, space.targets, space.adjustments, space.target_facts)
+    plan = Plan(layers, space.targets, space.adjustments, space.target_facts,
+                embeddings=space.embeddings)  # fmt: skip
     plan.search = {
         "objective": cfg.objective,
         "mode": mode,

@@ -131,6 +131,8 @@ class Plan:
     # target -> the CPU its facts were resolved for, and each runtime's default precision there
     target_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)  # how the choices were picked, if searched
+    # embedding table (nn.Embedding) -> code width of its rows (per-row scales); absent: float
+    embeddings: dict[str, int] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerPlan | None:
         return next((lp for lp in self.layers if lp.name == name), None)
@@ -146,6 +148,7 @@ class Plan:
             adjustments=data["adjustments"],
             target_facts=data.get("target_facts", {}),  # absent in runs made before CPU facts
             search=data.get("search", {}),
+            embeddings=data.get("embeddings", {}),  # absent in runs made before tables were
         )
 
 
@@ -157,7 +160,7 @@ class Traced:
     fed_by: dict[str, str]  # layer -> the layer whose output alone it reads (past BN, clamps)
     skip_from: dict[str, str]  # layer -> the module whose output it shares with a residual add
     reads_output: dict[str, str]  # layer -> the layer whose output it reads among other readers
-    calls: dict[str, int]  # layer -> how many times the forward calls it (absent: never)
+    calls: dict[str, int]  # layer or embedding table -> how often the forward calls it (or never)
     unread: set[str]  # layers called whose output never reaches the model's (a pooler unread)
 
 
@@ -243,7 +246,8 @@ def trace_layers(model: nn.Module, example: Example) -> Traced:
         and len(users.get(fn, [])) == 2  # the layer, and ...
         and sum(type(u).__name__.startswith("AddBackward") for u in users[fn]) == 1  # an add
     }
-    layer_calls = {name: n for name, n in calls.items() if name in ranks}
+    tables = {name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    layer_calls = {name: n for name, n in calls.items() if name in ranks or name in tables}
     unread = {name for fn, name in made_by.items() if fn not in seen}
     return Traced(outputs, ranks, clamps, fed_by, skip_from, reads_output, layer_calls, unread)
 
@@ -370,6 +374,7 @@ def resolve_plan(
     if not recipe.plan.search:  # a search measures each layer's pruning alone (sensitivity)
         _keep_where_pruning_breaks(layers, targets, teacher, example, runtimes, adjustments)
     plan = Plan(
+        embeddings=_embedding_plan(recipe, teacher, traced, runtimes, adjustments),
         layers=layers,
         targets=[t.name for t in targets],
         adjustments=[
@@ -386,6 +391,25 @@ def resolve_plan(
     if not recipe.plan.search:  # a search fits its pick (plan stage)
         plan.adjustments += fit_blocks_to_pruning(plan, teacher, example)
     return plan
+
+
+def _embedding_plan(
+    recipe: Recipe, teacher: nn.Module, traced: Traced, runtimes: list,
+    adjustments: dict[str, list[str]],
+) -> dict[str, int]:  # fmt: skip
+    """The embedding tables quantized, and to what width: the recipe's, where every runtime
+    loads an integer Gather table (MiniLM's word table is half its weights)."""
+    bits = recipe.quant.embedding_bits
+    tables = [n for n, m in teacher.named_modules()
+              if isinstance(m, nn.Embedding) and n in traced.calls]  # fmt: skip
+    if bits == "float" or not tables:
+        return {}
+    refusing = [f"{rt.name} ({t.name})" for t, rt in runtimes if bits not in rt.loads("Gather")]
+    if refusing:
+        why = f"embedding tables stay float: {', '.join(refusing)} loads no {bits}-bit table"
+        adjustments.setdefault(why, []).extend(tables)
+        return {}
+    return dict.fromkeys(tables, bits)
 
 
 def _keep_where_pruning_breaks(

@@ -128,6 +128,7 @@ def keeping(plan: Plan, keeps: dict[str, float]) -> Plan:
         layers=[dataclasses.replace(lp, keep_ratio=keeps.get(lp.name, 1.0)) for lp in plan.layers],
         targets=plan.targets,
         adjustments=[],
+        embeddings=plan.embeddings,
     )
 
 

@@ -25,7 +25,7 @@ __all__ = [
 
 def prepare_qat(model: nn.Module, plan: Plan) -> nn.Module:
     """Swap every layer the plan quantizes for its fake-quant twin (BatchNorm must be folded
-    first).
+    first). Embedding tables the plan quantizes train with fake-quant rows.
 
     A layer whose output only an int8 layer reads, through activations (ReLU6), gets no output
     quantizer of its own: the reader's input Q, after the activation, is the one Q a runtime
@@ -47,6 +47,9 @@ def prepare_qat(model: nn.Module, plan: Plan) -> nn.Module:
         make_quant(module, fmt, lp.activation_bits is not None, lp.activation_symmetric,
                    output=lp.activation_bits is not None and not lp.feeds_output,
                    output_clamp=lp.output_clamp)  # fmt: skip
+    for name, bits in plan.embeddings.items():  # per row: a token's vector has its own scale
+        if name in modules and not isinstance(modules[name], QuantLayer):
+            make_quant(modules[name], WeightFormat(bits, True, None), activations=False)
     for lp in plan.layers:
         reader, writer = modules.get(lp.name), lp.input_from and modules.get(lp.input_from)
         if _int8_pair(reader, writer):

@@ -84,7 +84,12 @@ def correct_bias(
 
 def correct_student(student: nn.Module, x: np.ndarray, batch_size: int) -> None:
     """Correct every quantized layer of a calibrated student for its own error (one pass)."""
-    layers = {n: m for n, m in student.named_modules() if isinstance(m, QuantLayer)}
+    # an embedding is no linear map of its input (token ids): it has no bias to correct
+    layers = {
+        n: m
+        for n, m in student.named_modules()
+        if isinstance(m, QuantLayer) and not isinstance(m, nn.Embedding)
+    }
     means = mean_inputs(student, list(layers), x, batch_size)
     for name, means_of in means.items():
         layer = layers[name]

@@ -1,4 +1,5 @@
-"""Quantized layers: Conv/Linear that train with fake-quant weights and INT8 activations."""
+"""Quantized layers: Conv/Linear that train with fake-quant weights and INT8 activations, and
+embedding tables with fake-quant rows."""
 
 from __future__ import annotations
 

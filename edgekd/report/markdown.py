@@ -116,6 +116,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_plan(report["plan"], report["student"]["channels"]),
         *_heads(report["student"]["heads"]),
+        *_tables(report["plan"].get("embeddings", {})),
         "",
         "## Environment",
         "",
@@ -316,6 +317,11 @@ def _heads(heads: dict[str, list[int]]) -> list[str]:
     """Attention heads are pruned whole; the plan's q/k/v keep ratios set how many go."""
     kept = [f"`{name}` {after} of {before}" for name, (before, after) in heads.items()]
     return ["", f"Attention heads kept: {', '.join(kept)}."] if kept else []
+
+
+def _tables(embeddings: dict[str, int]) -> list[str]:
+    tables = [f"`{name}` int{bits}" for name, bits in embeddings.items()]
+    return ["", f"Embedding tables, one scale per row: {', '.join(tables)}."] if tables else []
 
 
 def _plan(plan: dict, channels: dict[str, list[int]]) -> list[str]:
