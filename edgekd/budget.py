@@ -77,7 +77,8 @@ def judge(report: dict[str, Any], plan: Any) -> dict[str, Any]:
         if slow:
             worst = max(slow, key=lambda row: row["student_over_teacher"])
             failures.append(
-                f"student p50 is {worst['student_over_teacher']:.2f}x the teacher's on "
+                f"student p50 is {worst['student_over_teacher']:.2f}x the teacher's"
+                f"{_interval(worst)} on "
                 f"{worst['target']}/{worst['runtime']} at batch {worst['batch']} (budget "
                 f"{ratio:g}x; {len(slow)} of {len(latency)} runtime/batch pairs miss it)"
                 + _floor_note([row for row in slow if not row["reachable"]])
@@ -93,6 +94,14 @@ def judge(report: dict[str, Any], plan: Any) -> dict[str, Any]:
         "failures": failures,
         "passed": not failures,
     }
+
+
+def _interval(row: dict[str, Any]) -> str:
+    """The student / teacher ratio's 95% interval, and whether it is too noisy to rank by."""
+    if not row.get("speedup_interval"):
+        return ""
+    low, high = (1 / s for s in row["speedup_interval"][::-1])
+    return f" (95% {low:.2f}-{high:.2f}x" + ("" if row["steady"] else ", too noisy to rank") + ")"
 
 
 def _floor_note(unreachable: list[dict[str, Any]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,12 @@ from ..runtimes import get_runtime
 from ..runtimes.floor import null_graph
 from .environment import describe_environment
 from .reality import compare_with_plan, deployed_check
-from .timing import batch_of, measure_interleaved
+from .timing import batch_of, measure_interleaved, paired_ratio
 
 
 def run(ctx: Context) -> Context:
     cfg = ctx.recipe.bench
+    load_before = os.getloadavg()
     artifacts = {(a["model"], a["runtime"]): a for a in ctx.read_json("export", "artifacts.json")}
     checks = {
         (r["model"], r["runtime"]): r for r in ctx.read_json("verify", "verify.json")["results"]
@@ -101,12 +103,16 @@ def run(ctx: Context) -> Context:
                             throughput_ips=s.throughput(batch),
                             runs=s.runs,
                         )
+                    if model == "student" and stats:  # teacher / student, paired by round
+                        row["speedup"] = paired_ratio(stats["teacher"], s).to_dict()
                     results.append(row)
                 if stats:
-                    ratio = stats["teacher"].p50 / stats["student"].p50
+                    speedup = results[-1]["speedup"]
                     ctx.log(
                         f"  {target.name}/{rt.name} batch {batch}: teacher {stats['teacher'].p50:.3f} ms, "
-                        f"student {stats['student'].p50:.3f} ms (teacher/student {ratio:.2f})"
+                        f"student {stats['student'].p50:.3f} ms (teacher/student "
+                        f"{speedup['ratio']:.2f}, 95% interval {_interval(speedup)})"
+                        + ("" if speedup["steady"] else f"; {UNSTEADY}")
                     )
             if reason:
                 ctx.log(f"  {target.name}/{rt.name}: skipped ({reason})")
@@ -120,6 +126,8 @@ def run(ctx: Context) -> Context:
             "floors": floors,
             "runtimes": runtimes,
             "environment": describe_environment(),
+            # 1-minute load average before and after timing: a busy machine explains a wide interval
+            "load_average": {"before": load_before[0], "after": os.getloadavg()[0]},
         },
     )
     ctx.metrics.update(
@@ -128,6 +136,16 @@ def run(ctx: Context) -> Context:
         mismatches=len(mismatches),
     )
     return ctx
+
+
+UNSTEADY = (
+    "too noisy to rank the models: re-run on an idle machine or with a larger bench.min_seconds"
+)
+
+
+def _interval(speedup: dict) -> str:
+    low, high = speedup["interval"]
+    return f"{low:.2f}-{high:.2f}"
 
 
 def _floor_graph(ctx: Context) -> Path | None:

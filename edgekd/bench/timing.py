@@ -1,12 +1,23 @@
-"""Latency measured round-robin, so models compared as ratios share the same conditions."""
+"""Latency measured in alternating blocks, so models compared as ratios share the same
+conditions, and each ratio with the interval it can be trusted within."""
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+# A model's calls run back to back for about this long per turn (at most MAX_BLOCK calls):
+# alternating call by call let each model evict the other's caches, which slowed small models
+# by 16-20% against running alone; a block keeps them warm and the rounds still pair them.
+BLOCK_MS = 2.0
+MAX_BLOCK = 16
+MIN_ROUNDS = 20  # paired rounds, so the ratio's interval rests on more than a handful
+P99_MIN_RUNS = 200  # a 99th percentile of fewer calls is one of their slowest two
+STEADY_SPREAD = 1.10  # an interval wider than high / low = 1.10 is too noisy to rank by
 
 
 @dataclass(frozen=True)
@@ -15,19 +26,50 @@ class LatencyStats:
 
     p50: float
     p90: float
-    p99: float
+    p99: float | None  # None with fewer than P99_MIN_RUNS calls
     mean: float
     runs: int
+    rounds: tuple[float, ...] = ()  # per round: the median of this model's block of calls
 
     def throughput(self, batch: int) -> float:
         """Images per second; from the mean, since throughput is total work over total time."""
         return batch / (self.mean / 1000)
 
     @classmethod
-    def from_ns(cls, samples: list[int]) -> LatencyStats:
+    def from_ns(cls, samples: list[int], rounds: tuple[float, ...] = ()) -> LatencyStats:
         ms = np.asarray(samples, dtype=np.float64) / 1e6
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        return cls(float(p50), float(p90), float(p99), float(ms.mean()), len(ms))
+        tail = float(p99) if len(ms) >= P99_MIN_RUNS else None
+        return cls(float(p50), float(p90), tail, float(ms.mean()), len(ms), rounds)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``a / b``: the median of their per-round ratios, and its 95% bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+    rounds: int
+
+    @property
+    def steady(self) -> bool:
+        """Narrow enough to rank the models by (``STEADY_SPREAD``)."""
+        return self.high <= self.low * STEADY_SPREAD
+
+    def to_dict(self) -> dict:
+        return {"ratio": self.value, "interval": [self.low, self.high], "rounds": self.rounds,
+                "steady": self.steady}  # fmt: skip
+
+
+def paired_ratio(a: LatencyStats, b: LatencyStats, resamples: int = 2000, seed: int = 0) -> Ratio:
+    """How many times ``a``'s latency ``b``'s is, round by round: both ran in the same round,
+    so load that comes and goes hits both and cancels in their ratio. The interval resamples
+    rounds (percentile bootstrap, seeded: the same samples give the same interval)."""
+    ratios = np.asarray(a.rounds) / np.asarray(b.rounds)
+    picks = np.random.default_rng(seed).integers(0, len(ratios), (resamples, len(ratios)))
+    low, high = np.percentile(np.median(ratios[picks], axis=1), [2.5, 97.5])
+    return Ratio(float(np.median(ratios)), float(low), float(high), len(ratios))
 
 
 def measure_interleaved(
@@ -36,31 +78,55 @@ def measure_interleaved(
     warmup: int = 10,
     min_runs: int = 50,
     min_seconds: float = 1.0,
-    max_runs: int = 2000,
+    max_rounds: int = 2000,
+    min_rounds: int = MIN_ROUNDS,
+    block_ms: float = BLOCK_MS,
 ) -> dict[str, LatencyStats]:
-    """Time every call in rounds, forward then backward (a, b, c, c, b, a, ...), after
-    ``warmup`` rounds.
+    """Time every call in rounds after ``warmup`` calls each: in a round each model runs a
+    block of calls (``BLOCK_MS``; one call for a model slower than that), in order forward
+    then backward (a b c, c b a, ...), and each call is timed alone.
 
-    Round-robin lets CPU frequency drift and background load hit every model alike; alternating
-    the order gives each call both neighbours, since a call runs slower after one that evicted
-    its caches. Rounds go on until each call has ``min_runs`` samples and ``min_seconds`` have
-    passed, or ``max_runs``.
+    Rounds let CPU frequency drift and background load hit every model alike; alternating the
+    order gives each block both neighbours. Garbage collection is off while timing (a
+    collection inside a call is not the model's time). Rounds go on until there are
+    ``min_rounds``, each call has ``min_runs`` samples and ``min_seconds`` have passed, or
+    ``max_rounds``.
     """
     if not calls:
         raise ValueError("measure_interleaved needs at least one call")
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    samples: dict[str, list[int]] = {key: [] for key in calls}
-    deadline = time.perf_counter_ns() + int(min_seconds * 1e9)
-    rounds, order = 0, list(calls.items())
-    while rounds < max_runs and (rounds < min_runs or time.perf_counter_ns() < deadline):
-        for key, call in order if rounds % 2 == 0 else order[::-1]:
+    block = {key: 1 for key in calls}
+    for key, call in calls.items():
+        for i in range(warmup):
             start = time.perf_counter_ns()
             call()
-            samples[key].append(time.perf_counter_ns() - start)
-        rounds += 1
-    return {key: LatencyStats.from_ns(ns) for key, ns in samples.items()}
+            if i == warmup - 1:  # the warmest call sizes the block
+                took_ms = (time.perf_counter_ns() - start) / 1e6
+                block[key] = int(min(MAX_BLOCK, max(1, block_ms // max(took_ms, 1e-6))))
+    samples: dict[str, list[int]] = {key: [] for key in calls}
+    rounds: dict[str, list[float]] = {key: [] for key in calls}
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        deadline = time.perf_counter_ns() + int(min_seconds * 1e9)
+        done, order = 0, list(calls.items())
+        while done < max_rounds and (
+            done < min_rounds
+            or min(map(len, samples.values())) < min_runs
+            or time.perf_counter_ns() < deadline
+        ):
+            for key, call in order if done % 2 == 0 else order[::-1]:
+                taken = []
+                for _ in range(block[key]):
+                    start = time.perf_counter_ns()
+                    call()
+                    taken.append(time.perf_counter_ns() - start)
+                samples[key] += taken
+                rounds[key].append(float(np.median(taken)) / 1e6)
+            done += 1
+    finally:
+        if collecting:
+            gc.enable()
+    return {key: LatencyStats.from_ns(ns, tuple(rounds[key])) for key, ns in samples.items()}
 
 
 def batch_of(x: np.ndarray, batch: int) -> np.ndarray:

@@ -66,7 +66,11 @@ def assemble(ctx: Context) -> dict[str, Any]:
             bench["results"], ctx.recipe.verify.min_agreement
         ),
         "speedups": speedups(bench["results"], bench.get("floors", [])),
-        "environment": {**bench["environment"], "runtimes": bench["runtimes"]},
+        "environment": {
+            **bench["environment"],
+            "runtimes": bench["runtimes"],
+            "load_average": bench.get("load_average"),
+        },
         "stage_seconds": {name: rec.get("seconds") for name, rec in stages.items()},
         "test_examples": verify["examples"],
         "sensitivity": ctx.read_json("sensitivity", "sensitivity.json"),
@@ -98,8 +102,10 @@ def prediction_vs_measurement(layers: list[dict], plan: Plan, measured: list[dic
 
 
 def speedups(results: list[dict], floors: list[dict]) -> list[dict]:
-    """Teacher p50 / student p50 per target, runtime and batch (measured in the same interleaved
-    run), and teacher p50 / the runtime's call floor (``runtimes/floor.py``): the most any student
+    """Teacher / student latency per target, runtime and batch (measured in the same interleaved
+    run: the median of the per-round ratios, with its 95% interval; a bench from before rounds
+    were paired gives teacher p50 / student p50 and no interval), and teacher p50 / the
+    runtime's call floor (``runtimes/floor.py``): the most any student
     could gain there (None where no floor was timed)."""
     floor = {(f["target"], f["runtime"], f["batch"]): f["p50_ms"] for f in floors}
     rows = {
@@ -116,7 +122,11 @@ def speedups(results: list[dict], floors: list[dict]) -> list[dict]:
                     "target": target,
                     "runtime": runtime,
                     "batch": batch,
-                    "speedup_p50": row["latency_ms"]["p50"] / student["latency_ms"]["p50"],
+                    "speedup_p50": student.get("speedup", {}).get(
+                        "ratio", row["latency_ms"]["p50"] / student["latency_ms"]["p50"]
+                    ),
+                    "speedup_interval": student.get("speedup", {}).get("interval"),
+                    "steady": student.get("speedup", {}).get("steady", True),
                     "floor_ms": floor.get((target, runtime, batch)),
                     "floor_speedup": row["latency_ms"]["p50"] / floor[(target, runtime, batch)]
                     if (target, runtime, batch) in floor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bench.timing import STEADY_SPREAD
 from .summary import summary_rows
 
 
@@ -45,6 +46,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             ],
             [_latency_row(r) for r in report["results"]],
         ),
+        *_ratios(report["speedups"]),
         *_floors(report["speedups"]),
         "",
         "## Predicted vs measured latency",
@@ -124,6 +126,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"ISA {', '.join(env['cpu']['isa']) or 'none detected'}"
         f" (flags: {' '.join(env['cpu']['flags'])}), {env['cpu']['usable_cores']} usable of "
         f"{env['cpu']['logical_cores']} cores",
+        *_load(env.get("load_average")),
         *[
             f"- target {name}: CPU facts for {facts['cpu']}"
             for name, facts in report["plan"]["target_facts"].items()
@@ -138,6 +141,39 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ratios(speedups: list[dict[str, Any]]) -> list[str]:
+    """Each ratio with its interval, and a warning where the interval is too wide to rank by."""
+    timed = [s for s in speedups if s.get("speedup_interval")]
+    if not timed:
+        return []
+    rows = [(s["target"], s["runtime"], s["batch"], f"{s['speedup_p50']:.2f}x",
+             "{:.2f}-{:.2f}x".format(*s["speedup_interval"]), "" if s["steady"] else "**too noisy**")
+            for s in timed]  # fmt: skip
+    noisy = [f"{s['target']}/{s['runtime']} b{s['batch']}" for s in timed if not s["steady"]]
+    warning = [
+        "",
+        f"**Too noisy to rank the models on {', '.join(noisy)}:** the interval is wider than "
+        f"{STEADY_SPREAD:.2f}x its low end. Re-run `edgekd bench` on an idle machine or with a "
+        "larger `bench.min_seconds`; the load average is under Environment.",
+    ]
+    return [
+        "",
+        "Teacher / student: the median over rounds of the two models' paired ratio (both ran in "
+        "each round, so load that comes and goes cancels), with its 95% bootstrap interval.",
+        "",
+        *_table(["target", "runtime", "batch", "teacher / student", "95% interval", ""], rows),
+        *(warning if noisy else []),
+    ]
+
+
+def _load(load: dict[str, float] | None) -> list[str]:
+    if not load:
+        return []
+    return [
+        f"- load average (1 min) before / after bench: {load['before']:.2f} / {load['after']:.2f}"
+    ]
 
 
 def _floors(speedups: list[dict[str, Any]]) -> list[str]:

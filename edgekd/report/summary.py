@@ -41,7 +41,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append((label, "skipped", "skipped", row["reason"] or student["reason"] or ""))
             continue
         tl, sl = row["latency_ms"]["p50"], student["latency_ms"]["p50"]
-        rows.append((label, f"{tl:.3f} ms", f"{sl:.3f} ms", _ratio(tl / sl, "faster", "slower")))
+        rows.append((label, f"{tl:.3f} ms", f"{sl:.3f} ms", _speedup(student, tl / sl)))
     budget = report["budget"]
     rows.append(
         (
@@ -96,6 +96,16 @@ def _budget_met(budget: dict[str, Any]) -> str:
     if budget["latency_unchecked"]:
         text += f" (not checked: {', '.join(budget['latency_unchecked'])})"
     return text
+
+
+def _speedup(student: dict, p50_ratio: float) -> str:
+    """The paired ratio with its interval (``bench.timing``), flagged where too noisy to rank."""
+    speedup = student.get("speedup")
+    if speedup is None:  # a bench from before rounds were paired
+        return _ratio(p50_ratio, "faster", "slower")
+    low, high = speedup["interval"]
+    noisy = "" if speedup["steady"] else ", too noisy to rank"
+    return f"{_ratio(speedup['ratio'], 'faster', 'slower')} (95% {low:.2f}-{high:.2f}x{noisy})"
 
 
 def _ratio(r: float, better: str, worse: str) -> str:
