@@ -14,6 +14,8 @@ Run from the repository root::
     python benchmarks/plan_search.py --teachers minilm     # MiniLM-L6 on token ids
     python benchmarks/plan_search.py --teachers minilm-embedding  # its sentence embedding
     python benchmarks/plan_search.py --recipes auto --set distill.epochs=3 --teachers lite0
+    python benchmarks/plan_search.py --teachers minilm --recipes w8a8 \
+        benchmarks/recipes/w8a8-heads.yaml benchmarks/recipes/w8a8-heads-ffn.yaml  # heads pruned
 
 NNCF is not a dependency of edgekd: ``pip install nncf`` for its rows (skipped with a note if absent).
 """
@@ -35,7 +37,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.real_teachers
 
 import edgekd
-from edgekd.bench.timing import batch_of, measure_interleaved
+from edgekd.bench.timing import batch_of, measure_interleaved, paired_ratio
 from edgekd.budget import wilson
 from edgekd.data import load_data
 from edgekd.data.inputs import feed_as
@@ -90,7 +92,8 @@ def _teacher_table(name: str, args: argparse.Namespace, root: Path) -> Table:
     models, rows = {}, {}
     for recipe in args.recipes:
         began = time.perf_counter()
-        out = root / recipe
+        label = Path(recipe).stem  # a preset, or a recipe file
+        out = root / label
         try:
             edgekd.compress(out=out, teacher=teacher_spec, data=data_spec, recipe=recipe,
                             set=overrides, resume=(out / "manifest.json").is_file(),
@@ -98,10 +101,12 @@ def _teacher_table(name: str, args: argparse.Namespace, root: Path) -> Table:
             status = "✓"
         except EdgeKDError as exc:  # a missed budget is a result too: its report is written
             status = f"✗ exit {exc.exit_code}"
-        rows[recipe] = _run_facts(out, status, time.perf_counter() - began)
+        rows[label] = _run_facts(out, status, time.perf_counter() - began)
         if (out / "export" / "student.onnx").is_file():
-            models[recipe] = out / "export" / "student.onnx"
-    teacher_onnx = next((root / r / "export" / "teacher.onnx" for r in args.recipes), None)
+            models[label] = out / "export" / "student.onnx"
+    teacher_onnx = next(
+        (root / Path(r).stem / "export" / "teacher.onnx" for r in args.recipes), None
+    )
     if teacher_onnx is None or not teacher_onnx.is_file():
         raise SystemExit(f"{name}: no run exported its teacher; see the runs in {root}")
     nncf_onnx, nncf_note = _nncf_int8(teacher_onnx, data.train.x, root / "nncf")
@@ -112,7 +117,7 @@ def _teacher_table(name: str, args: argparse.Namespace, root: Path) -> Table:
         teacher_onnx, models, data.test.x, reference, task, args, root / "artifacts"
     )
     table = Table(
-        "model", "status", "agreement (95% CI)", "size T/S", "runtime", "batch", "T/S p50",
+        "model", "status", "agreement (95% CI)", "size T/S", "runtime", "batch", "T/S (95% CI)",
         "predicted T/S", "stage seconds",
         title=f"{name}: {len(data.test.x)} test examples, agreement is {task.measure}",
     )  # fmt: skip
@@ -125,7 +130,7 @@ def _teacher_table(name: str, args: argparse.Namespace, root: Path) -> Table:
                     m["agreement"] if m else "-",
                     facts.get("size", measured.get((model, "size"), "-")),
                     runtime, str(batch),
-                    f"{m['ratio']:.2f}x" if m and "ratio" in m else "-",
+                    m["ratio"] if m and "ratio" in m else "-",
                     facts.get("predicted", {}).get(f"{runtime} b{batch}", "-"),
                     facts["seconds"] if (runtime, batch) == (RUNTIMES[0], args.batches[0]) else "",
                 )  # fmt: skip
@@ -184,7 +189,8 @@ def _nncf_int8(teacher_onnx: Path, train: np.ndarray, out: Path) -> tuple[Path |
 
 def _measure(teacher_onnx, models, x, reference, task, args, tmp: Path) -> dict:
     """Per runtime: every model's agreement with the PyTorch teacher on ``x`` (``task``'s) and
-    its p50 over the teacher's at each batch, all interleaved in one measurement."""
+    its latency over the teacher's at each batch (paired by round, with its 95% interval), all
+    interleaved in one measurement."""
     results: dict = {}
     for name in RUNTIMES:
         runtime = get_runtime(name)
@@ -214,7 +220,10 @@ def _measure(teacher_onnx, models, x, reference, task, args, tmp: Path) -> dict:
                 warmup=5, min_runs=30, min_seconds=args.seconds,
             )  # fmt: skip
             for model in sessions.keys() - {"teacher"}:
-                results[(model, name, batch)]["ratio"] = stats["teacher"].p50 / stats[model].p50
+                r = paired_ratio(stats["teacher"], stats[model])
+                results[(model, name, batch)]["ratio"] = (
+                    f"{r.value:.2f}x ({r.low:.2f}-{r.high:.2f})"
+                )
     for model, path in models.items():
         results[(model, "size")] = f"{teacher_onnx.stat().st_size / path.stat().st_size:.2f}x"
     return results
