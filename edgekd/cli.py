@@ -18,7 +18,6 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .context import no_progress
 from .errors import EdgeKDError
 
 # Pipes and CI logs get a fixed width, so the summary table is not folded at 80 columns.
@@ -61,6 +60,8 @@ def friendly_errors(fn: Callable) -> Callable:
 
 def _progress(quiet: bool) -> Callable:
     """A rich progress bar on a terminal; nothing in pipes, logs or --quiet."""
+    from .context import no_progress  # the stages' context imports torch; doctor needs none
+
     if quiet or not out.is_terminal:
         return no_progress
 
@@ -228,6 +229,42 @@ def targets() -> None:
     )  # fmt: skip
     for line in ["Why not here:", *reasons] if reasons else []:
         out.print(line, markup=False, soft_wrap=True)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@friendly_errors
+def doctor(as_json: bool) -> None:
+    """What this machine has (CPU features, runtimes, GPU, Jetson release and power mode) and
+    which targets it can stand in for."""
+    from .doctor import diagnose
+
+    facts = diagnose()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    cpu = facts["cpu"]
+    for line in (
+        f"CPU: {cpu['model']}, {cpu['arch']}, ISA {', '.join(cpu['isa']) or 'none detected'}, "
+        f"{cpu['usable_cores']} usable of {cpu['logical_cores']} cores",
+        f"OS: {facts['os']}; Python {facts['python']}",
+        "libraries: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in facts["libraries"].items()),
+        "GPU: " + (", ".join(f"{g['name']} (driver {g.get('driver_version')})" for g in facts["gpu"])
+                   if facts["gpu"] else "none found (no nvidia-smi, or it failed)"),
+        "Jetson: " + (f"{facts['jetson']['l4t']}; power mode: {facts['jetson']['power_mode']}"
+                      if facts["jetson"] else "not a Jetson (no /etc/nv_tegra_release)"),
+    ):  # fmt: skip
+        out.print(line, markup=False, soft_wrap=True)
+    print_table(
+        ["runtime", "here?", "version", "device", "why not"],
+        [(name, "yes" if r["available"] else "no", r.get("version", ""), r.get("device", ""),
+          r.get("reason") or "") for name, r in facts["runtimes"].items()],
+    )  # fmt: skip
+    print_table(
+        ["target", "here?", "why not"],
+        [(name, "yes" if t["here"] else "no", t["reason"] or "")
+         for name, t in facts["targets"].items()],
+    )  # fmt: skip
 
 
 def _per_op(bits: dict[str, tuple[int, ...]]) -> str:

@@ -17,11 +17,11 @@ from pydantic import BaseModel
 
 from . import bench, distill, export, gate, latency, plan, prune, report, sensitivity, verify
 from .atomic import write_text
-from .bench.environment import library_versions
 from .context import Context, Progress, no_progress
 from .cpu import detect_cpu
 from .data import load_data
 from .data.inputs import as_example, batch_size, call, unknown_arguments
+from .environment import library_versions
 from .errors import BudgetMiss, EdgeKDError, ShapeError, StageError
 from .evaluate import max_batch
 from .models import load_teacher, model_fingerprint

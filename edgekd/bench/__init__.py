@@ -10,11 +10,11 @@ import onnx
 
 from ..atomic import atomic_path, write_json
 from ..context import Context
+from ..environment import describe_environment
 from ..errors import EdgeKDError, StageError
 from ..evaluate import max_batch
 from ..runtimes import get_runtime
 from ..runtimes.floor import null_graph
-from .environment import describe_environment
 from .reality import compare_with_plan, deployed_check
 from .timing import batch_of, measure_interleaved, paired_ratio
 

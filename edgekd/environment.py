@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-from ..cpu import detect_cpu
+from .cpu import detect_cpu
 
 # Library -> distribution names it may be installed under (first found wins).
 _LIBRARIES = {
@@ -35,8 +35,12 @@ def library_versions() -> dict[str, str | None]:
 
 def describe_environment() -> dict:
     """CPU (model, ISA features, cores), OS, library versions and GPU; library versions come
-    from package metadata, so nothing heavy is imported."""
-    import torch
+    from package metadata, so nothing heavy is imported. Torch may be absent (a device that only
+    runs the exports)."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
 
     cpu = detect_cpu()
     return {
@@ -45,5 +49,7 @@ def describe_environment() -> dict:
         "os": platform.platform(),
         "python": platform.python_version(),
         "libraries": library_versions(),
-        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cuda_device": torch.cuda.get_device_name()
+        if torch and torch.cuda.is_available()
+        else None,
     }
