@@ -77,7 +77,7 @@ def judge(report: dict[str, Any], plan: Any) -> dict[str, Any]:
         if slow:
             worst = max(slow, key=lambda row: row["student_over_teacher"])
             failures.append(
-                f"student p50 is {worst['student_over_teacher']:.2f}x the teacher's"
+                f"student latency is {worst['student_over_teacher']:.2f}x the teacher's"
                 f"{_interval(worst)} on "
                 f"{worst['target']}/{worst['runtime']} at batch {worst['batch']} (budget "
                 f"{ratio:g}x; {len(slow)} of {len(latency)} runtime/batch pairs miss it)"

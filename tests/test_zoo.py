@@ -284,9 +284,16 @@ def test_attention_heads_are_pruned_whole_the_weakest_first_and_replay_the_same(
         "layers.0.attention": [4, 2],
         "layers.1.attention": [4, 2],
     }
-    kept = student.layers[0]["attention"].query.weight
-    expected = torch.cat([attention.query.weight[0:8], attention.query.weight[16:24]])
-    torch.testing.assert_close(kept, expected)  # heads 0 and 2, the strong ones
+    pruned = student.layers[0]["attention"]
+    for name in ("query", "key", "value"):  # heads 0 and 2, the strong ones, in all three
+        rows = getattr(attention, name).weight
+        torch.testing.assert_close(
+            getattr(pruned, name).weight, torch.cat([rows[0:8], rows[16:24]])
+        )
+    columns = teacher.layers[0]["out"].weight  # and the output projection reads only theirs
+    torch.testing.assert_close(
+        student.layers[0]["out"].weight, torch.cat([columns[:, 0:8], columns[:, 16:24]], 1)
+    )
     replayed = replay_pruning(clone_model(teacher), decisions, x)
     with torch.no_grad():
         torch.testing.assert_close(replayed(**x), student(**x))
@@ -326,4 +333,74 @@ def test_embedding_tables_stay_float_where_asked_or_where_a_target_loads_no_inte
     assert any(
         a.startswith("embedding tables stay float: tensorrt (nvidia-gpu) loads no 8-bit table")
         for a in gpu.adjustments
+    )
+
+
+class FusedAttention(nn.Module):
+    """timm-style attention with one fused qkv projection, reshaped by its declared head count
+    and head width (so whole heads can go)."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        shape = (b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = self.qkv(x).reshape(shape).permute(2, 0, 3, 1, 4)
+        context = ((q @ k.transpose(-2, -1)) * self.head_dim**-0.5).softmax(-1) @ v
+        return self.proj(context.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class FusedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.head = FusedAttention(), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head((x + self.attn(x)).mean(1))
+
+
+def test_heads_of_a_fused_qkv_projection_go_from_its_query_key_and_value_parts_alike():
+    from edgekd.prune.structured import kept_heads, prune_channels, replay_pruning
+
+    torch.manual_seed(0)
+    teacher = FusedBlock().eval()
+    with torch.no_grad():
+        for part in range(3):
+            for head in (1, 3):
+                start = part * 32 + head * 8
+                teacher.attn.qkv.weight[start : start + 8] *= 0.01
+    x = torch.randn(4, 6, 32)
+    plan = _plan(teacher, x, overrides=["prune.keep_ratio=0.5"])
+    student = clone_model(teacher)
+    decisions = prune_channels(student, plan, x)
+    assert kept_heads(teacher, student) == {"attn": [4, 2]}
+    rows = teacher.attn.qkv.weight
+    kept = [rows[p * 32 + h * 8 : p * 32 + h * 8 + 8] for p in range(3) for h in (0, 2)]
+    torch.testing.assert_close(student.attn.qkv.weight, torch.cat(kept))
+    replayed = replay_pruning(clone_model(teacher), decisions, x)
+    with torch.no_grad():
+        torch.testing.assert_close(replayed(x), student(x))
+
+
+class TiedTable(nn.Module):
+    """A language-model head that reads the token table's own weight (tied embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens, self.unembed = nn.Embedding(100, 32), nn.Linear(32, 100, bias=False)
+        self.unembed.weight = self.tokens.weight
+
+    def forward(self, input_ids):
+        return self.unembed(self.tokens(input_ids).mean(1))
+
+
+def test_an_embedding_table_tied_to_another_layer_stays_float_with_a_note():
+    ids = torch.from_numpy(zoo.token_data(4)["input_ids"])
+    plan = _plan(TiedTable().eval(), ids)
+    assert plan.embeddings == {}
+    assert any(
+        a.startswith("embedding tables stay float: their weight is tied") for a in plan.adjustments
     )

@@ -21,7 +21,7 @@ from .timing import batch_of, measure_interleaved, paired_ratio
 
 def run(ctx: Context) -> Context:
     cfg = ctx.recipe.bench
-    load_before = os.getloadavg()
+    load_before = _load_average()
     artifacts = {(a["model"], a["runtime"]): a for a in ctx.read_json("export", "artifacts.json")}
     checks = {
         (r["model"], r["runtime"]): r for r in ctx.read_json("verify", "verify.json")["results"]
@@ -127,7 +127,7 @@ def run(ctx: Context) -> Context:
             "runtimes": runtimes,
             "environment": describe_environment(),
             # 1-minute load average before and after timing: a busy machine explains a wide interval
-            "load_average": {"before": load_before[0], "after": os.getloadavg()[0]},
+            "load_average": {"before": load_before, "after": _load_average()},
         },
     )
     ctx.metrics.update(
@@ -141,6 +141,11 @@ def run(ctx: Context) -> Context:
 UNSTEADY = (
     "too noisy to rank the models: re-run on an idle machine or with a larger bench.min_seconds"
 )
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none: Windows)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _interval(speedup: dict) -> str:

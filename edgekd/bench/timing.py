@@ -83,7 +83,8 @@ def measure_interleaved(
     block_ms: float = BLOCK_MS,
 ) -> dict[str, LatencyStats]:
     """Time every call in rounds after ``warmup`` calls each: in a round each model runs a
-    block of calls (``BLOCK_MS``; one call for a model slower than that), in order forward
+    block of calls (``BLOCK_MS``, sized by its last warm-up call; one call for a model slower
+    than that, or with no warm-up), in order forward
     then backward (a b c, c b a, ...), and each call is timed alone.
 
     Rounds let CPU frequency drift and background load hit every model alike; alternating the

@@ -56,9 +56,13 @@ def run(ctx: Context) -> Context:
         if reason:
             ctx.log(f"  {name}: skipped ({reason})")
     write_json(ctx.out("artifacts.json"), artifacts)
+    stored = {i.name for i in protos["student"].graph.initializer}
     ctx.metrics.update(
         onnx_size_bytes={m: p.stat().st_size for m, p in onnx_paths.items()},
         artifacts=artifacts,
+        # the planned tables the export stores as integer rows; the exporter may have folded
+        # others into constants (fixed position ids), which stay float
+        int8_tables=[t for t in ctx.plan.embeddings if f"{t}.weight_quantized" in stored],
     )
     ctx.log(
         "  ONNX size: teacher {teacher:,} B, student {student:,} B".format(

@@ -111,8 +111,8 @@ def quantize_tables(model: onnx.ModelProto, tables: dict[str, QuantizedTensor]) 
     Why not DequantizeLinear -> Gather: ONNX Runtime 1.32 keeps the DequantizeLinear and
     dequantizes the whole table on every call (MiniLM's 30522 x 384 words: 6.9 ms at batch 1 on
     one core; gathering first: 0.01 ms). A table the exporter folded away (constant ids, such
-    as Hugging Face's token type buffer) is left as it is: its float values are the dequantized
-    ones, so the graph still computes what training did."""
+    as Hugging Face's token type buffer), or one read by anything but a Gather, is left as it
+    is: its float values are the dequantized ones."""
     irm = ir.from_proto(model)
     graph = irm.graph
     for name, t in tables.items():
@@ -123,7 +123,7 @@ def quantize_tables(model: onnx.ModelProto, tables: dict[str, QuantizedTensor]) 
         _check_matches(name, init, dequantize(t))
         gathers = [node for node, index in init.uses() if node.op_type == "Gather" and index == 0
                    and node.attributes.get_int("axis", 0) == 0]  # fmt: skip
-        if not gathers:
+        if not gathers or len(gathers) < len(init.uses()):  # read otherwise too: stays float
             continue
         codes = _initializer(
             graph, f"{name}_quantized", t.q.astype(_CONTAINERS[(t.bits, t.signed)].numpy())
@@ -132,8 +132,7 @@ def quantize_tables(model: onnx.ModelProto, tables: dict[str, QuantizedTensor]) 
         for node in gathers:
             graph.extend(_gather_rows(node, codes, scales))
             graph.remove(node, safe=True)
-        if not init.uses():
-            graph.initializers.pop(init.name)
+        graph.initializers.pop(init.name)
     graph.sort()
     return _to_proto(irm)
 

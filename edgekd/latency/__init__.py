@@ -44,7 +44,7 @@ __all__ = ["LayerShape", "WeightChoice", "fastest", "kept", "layer_onnx", "layer
 # bump when layer_onnx or the timing changes (5: calls with the input bound once; 6: ONNX Runtime
 # sessions that do not spin; 7: rounds alternate their order; 8: OpenVINO's outputs not copied;
 # 9: the call graph writes the layer's output shape, as ``runtimes.floor`` does for a model)
-FORMAT = 9
+FORMAT = 10
 
 
 def run(ctx: Context) -> Context:
@@ -242,6 +242,7 @@ def _timed(runtime, forms: dict[str, tuple[LayerShape, WeightChoice]], threads) 
             warmup=3,
             min_runs=10,
             min_seconds=0.05,
+            min_rounds=10,  # as many as the call-by-call rounds this table was first timed with
         )
         call = stats.pop(CALL).p50
         times = {

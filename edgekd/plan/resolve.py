@@ -373,8 +373,10 @@ def resolve_plan(
         raise UsageError("the teacher has no Conv or Linear layers to compress")
     if not recipe.plan.search:  # a search measures each layer's pruning alone (sensitivity)
         _keep_where_pruning_breaks(layers, targets, teacher, example, runtimes, adjustments)
+        _note_heads(layers, teacher, adjustments)
+    embeddings = _embedding_plan(recipe, teacher, traced, runtimes, adjustments)  # notes first
     plan = Plan(
-        embeddings=_embedding_plan(recipe, teacher, traced, runtimes, adjustments),
+        embeddings=embeddings,
         layers=layers,
         targets=[t.name for t in targets],
         adjustments=[
@@ -398,10 +400,21 @@ def _embedding_plan(
     adjustments: dict[str, list[str]],
 ) -> dict[str, int]:  # fmt: skip
     """The embedding tables quantized, and to what width: the recipe's, where every runtime
-    loads an integer Gather table (MiniLM's word table is half its weights)."""
+    loads an integer Gather table (MiniLM's word table is half its weights). A table whose
+    weight another module holds too (a language model's output layer tied to it) stays float:
+    the two would quantize one tensor two ways."""
     bits = recipe.quant.embedding_bits
-    tables = [n for n, m in teacher.named_modules()
-              if isinstance(m, nn.Embedding) and n in traced.calls]  # fmt: skip
+    holders: dict[int, int] = {}
+    for m in teacher.modules():
+        for p in m.parameters(recurse=False):
+            holders[id(p)] = holders.get(id(p), 0) + 1
+    tables, tied = [], []
+    for n, m in teacher.named_modules():
+        if isinstance(m, nn.Embedding) and n in traced.calls:
+            (tied if holders[id(m.weight)] > 1 else tables).append(n)
+    if tied and bits != "float":
+        adjustments.setdefault("embedding tables stay float: their weight is tied to another "
+                               "layer's", []).extend(tied)  # fmt: skip
     if bits == "float" or not tables:
         return {}
     refusing = [f"{rt.name} ({t.name})" for t, rt in runtimes if bits not in rt.loads("Gather")]
@@ -410,6 +423,23 @@ def _embedding_plan(
         adjustments.setdefault(why, []).extend(tables)
         return {}
     return dict.fromkeys(tables, bits)
+
+
+def _note_heads(layers: list[LayerPlan], teacher: nn.Module, adjustments: dict) -> None:
+    """Where an attention layer's q/k/v keep ratios differ (one skipped), say what pruning will
+    do: heads are removed whole from all three, as far as the narrowest asks."""
+    from ..prune.heads import find_attention  # prune reads the plan
+
+    keeps = {lp.name: lp.keep_ratio for lp in layers}
+    names = {m: n for n, m in teacher.named_modules()}
+    for a in find_attention(teacher):
+        asked = [keeps.get(names[p], 1.0) for p in a.projections]
+        if len(set(asked)) > 1:
+            adjustments.setdefault(
+                f"attention heads are removed whole from query, key and value: "
+                f"{names[a.module]} keeps {min(asked):g} of its heads in all three",
+                [],
+            ).extend(names[p] for p in a.projections)
 
 
 def _keep_where_pruning_breaks(

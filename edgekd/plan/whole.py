@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from ..bench.timing import batch_of, measure_interleaved
+from ..bench.timing import batch_of, measure_interleaved, paired_ratio
 from ..budget import LATENCY_NOISE
 from ..data.inputs import as_example
 from ..distill.train import calibrate
@@ -88,7 +88,8 @@ def time_plans(ctx: Context, plans: dict[str, Plan]) -> dict[str, dict[str, floa
                 )  # fmt: skip
                 for mode in plans.keys() & sessions.keys():
                     for label in labels:
-                        ratios[mode][f"{label} b{batch}"] = stats["teacher"].p50 / stats[mode].p50
+                        speedup = paired_ratio(stats["teacher"], stats[mode]).value
+                        ratios[mode][f"{label} b{batch}"] = speedup  # as bench measures it
     everywhere = max((len(got) for got in ratios.values()), default=0)
     return {mode: got for mode, got in ratios.items() if got and len(got) == everywhere}
 

@@ -24,7 +24,8 @@ Decision = dict  # {"layer": str, "idxs": list[int]}
 
 def prune_channels(model: nn.Module, plan: Plan, example: Example) -> list[Decision]:
     """Remove the lowest-magnitude channel groups to each layer's keep ratio, and the weakest
-    attention heads whole (``heads``) to their q/k/v layers' lowest; return the decisions."""
+    attention heads whole (``heads``) as far as the narrowest of its q/k/v layers asks; return
+    the decisions."""
     ratios = {
         m: 1.0 - lp.keep_ratio
         for name, m in model.named_modules()
@@ -33,7 +34,9 @@ def prune_channels(model: nn.Module, plan: Plan, example: Example) -> list[Decis
     if not ratios:
         return []
     names = {m: n for n, m in model.named_modules()}
-    attention = {a: 1.0 - max(ratios.pop(p, 0.0) for p in a.projections)
+    # heads go as far as the narrowest of q/k/v asks: removing one removes it from all three,
+    # so a layer's pruning measured alone (sensitivity) is the damage of the heads it removes
+    attention = {a: 1.0 - max([ratios.pop(p, 0.0) for p in a.projections])
                  for a in find_attention(model)}  # fmt: skip
     ignored = [m for m in names if isinstance(m, COMPRESSIBLE) and m not in ratios]
     pruner = tp.pruner.MagnitudePruner(

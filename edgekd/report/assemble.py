@@ -41,6 +41,7 @@ def assemble(ctx: Context) -> dict[str, Any]:
             "sparse_2of4_layers": prune["sparse_2of4_layers"],
             "channels": prune["channels"],  # layer -> [teacher, student] output channels
             "heads": prune.get("heads", {}),  # attention layer -> [teacher, student] heads
+            "int8_tables": stages["export"]["metrics"].get("int8_tables", []),
             "distill": {
                 k: distill[k]
                 for k in (

@@ -118,7 +118,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_plan(report["plan"], report["student"]["channels"]),
         *_heads(report["student"]["heads"]),
-        *_tables(report["plan"].get("embeddings", {})),
+        *_tables(report["plan"].get("embeddings", {}), report["student"]["int8_tables"]),
         "",
         "## Environment",
         "",
@@ -168,8 +168,8 @@ def _ratios(speedups: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _load(load: dict[str, float] | None) -> list[str]:
-    if not load:
+def _load(load: dict[str, float | None] | None) -> list[str]:
+    if not load or load["before"] is None:
         return []
     return [
         f"- load average (1 min) before / after bench: {load['before']:.2f} / {load['after']:.2f}"
@@ -355,8 +355,11 @@ def _heads(heads: dict[str, list[int]]) -> list[str]:
     return ["", f"Attention heads kept: {', '.join(kept)}."] if kept else []
 
 
-def _tables(embeddings: dict[str, int]) -> list[str]:
-    tables = [f"`{name}` int{bits}" for name, bits in embeddings.items()]
+def _tables(embeddings: dict[str, int], stored: list[str]) -> list[str]:
+    """The planned tables as the export stored them: integer rows, or float where the exporter
+    folded the lookup into a constant (fixed ids)."""
+    tables = [f"`{name}` int{bits}" if name in stored else f"`{name}` float (folded into a constant)"
+              for name, bits in embeddings.items()]  # fmt: skip
     return ["", f"Embedding tables, one scale per row: {', '.join(tables)}."] if tables else []
 
 
