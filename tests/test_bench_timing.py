@@ -24,7 +24,7 @@ def test_calls_slower_than_a_block_run_round_robin_each_round_reversing_the_orde
         calls, warmup=2, min_runs=3, min_seconds=0, min_rounds=3, block_ms=0
     )
     assert order == list("aabbcc") + list("abccbaabc")  # each call after both neighbours
-    assert all(s.runs == 3 and len(s.rounds) == 3 for s in stats.values())
+    assert all(s.runs == 3 and [len(t) for t in s.rounds] == [3] for s in stats.values())
 
 
 def test_fast_calls_run_in_blocks_that_alternate_a_b_b_a():
@@ -56,12 +56,28 @@ def test_a_model_twice_as_slow_is_measured_twice_as_slow_within_a_narrow_interva
 
 def test_the_interval_holds_the_rounds_spread_and_is_the_same_for_the_same_samples():
     rounds = np.random.default_rng(0).lognormal(0.0, 0.3, 100)
-    a = LatencyStats(1.0, 1.0, None, 1.0, 100, tuple(rounds))
-    b = LatencyStats(1.0, 1.0, None, 1.0, 100, (1.0,) * 100)
+    a = LatencyStats(1.0, 1.0, None, 1.0, 100, (tuple(rounds),))
+    b = LatencyStats(1.0, 1.0, None, 1.0, 100, ((1.0,) * 100,))
     ratio = paired_ratio(a, b)
     assert ratio.low < np.median(rounds) < ratio.high and not ratio.steady  # 30% noise
     assert paired_ratio(a, b) == ratio
     assert paired_ratio(b, b).steady and paired_ratio(b, b).value == 1.0
+
+
+def test_trials_whose_ratios_differ_widen_the_interval_to_hold_each_of_them():
+    def trial(ratio: float) -> tuple[LatencyStats, LatencyStats]:
+        noise = np.random.default_rng(int(ratio * 100)).normal(1.0, 0.005, 50)
+        a = LatencyStats.from_ms(list(ratio * noise), (tuple(ratio * noise),))
+        b = LatencyStats.from_ms([1.0] * 50, ((1.0,) * 50,))
+        return a, b
+
+    trials = [trial(r) for r in (2.85, 2.93, 2.97)]
+    alone = [paired_ratio(a, b) for a, b in trials]
+    assert alone[0].high < alone[1].low  # one opening's interval misses the next one's ratio
+    merged = paired_ratio(*(LatencyStats.merge(list(side)) for side in zip(*trials, strict=True)))
+    assert merged.trials == 3 and merged.rounds == 150
+    assert merged.low <= 2.86 and merged.high >= 2.96
+    assert LatencyStats.merge([trials[0][0]]).p50 == trials[0][0].p50
 
 
 def test_throughput_is_batch_over_mean_latency():
