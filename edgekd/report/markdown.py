@@ -161,7 +161,8 @@ def _ratios(speedups: list[dict[str, Any]]) -> list[str]:
     return [
         "",
         "Teacher / student: the median over rounds of the two models' paired ratio (both ran in "
-        "each round, so load that comes and goes cancels), with its 95% bootstrap interval.",
+        "each round, so load that comes and goes cancels), timed in trials with the models "
+        "reopened for each, with its 95% bootstrap interval over trials and rounds.",
         "",
         *_table(["target", "runtime", "batch", "teacher / student", "95% interval", ""], rows),
         *(warning if noisy else []),
