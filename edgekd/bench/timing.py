@@ -17,7 +17,7 @@ BLOCK_MS = 2.0
 MAX_BLOCK = 16
 MIN_ROUNDS = 20  # paired rounds, so the ratio's interval rests on more than a handful
 P99_MIN_RUNS = 200  # a 99th percentile of fewer calls is one of their slowest two
-STEADY_SPREAD = 1.10  # an interval wider than high / low = 1.10 is too noisy to rank by
+STEADY_SPREAD = 1.10  # an interval holding 1 and wider than high / low = 1.10 cannot rank them
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ class Ratio:
 
     @property
     def steady(self) -> bool:
-        """Narrow enough to rank the models by (``STEADY_SPREAD``)."""
-        return self.high <= self.low * STEADY_SPREAD
+        """Enough to rank the models: the interval is on one side of 1 (one is faster), or
+        narrow around it (``STEADY_SPREAD``: they are as fast)."""
+        return not self.low < 1.0 < self.high or self.high <= self.low * STEADY_SPREAD
 
     def to_dict(self) -> dict:
         return {"ratio": self.value, "interval": [self.low, self.high], "rounds": self.rounds,

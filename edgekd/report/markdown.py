@@ -154,8 +154,8 @@ def _ratios(speedups: list[dict[str, Any]]) -> list[str]:
     noisy = [f"{s['target']}/{s['runtime']} b{s['batch']}" for s in timed if not s["steady"]]
     warning = [
         "",
-        f"**Too noisy to rank the models on {', '.join(noisy)}:** the interval is wider than "
-        f"{STEADY_SPREAD:.2f}x its low end. Re-run `edgekd bench` on an idle machine or with a "
+        f"**Too noisy to rank the models on {', '.join(noisy)}:** the interval holds 1 (either "
+        f"could be faster) and is wider than {STEADY_SPREAD:.2f}x its low end. Re-run `edgekd bench` on an idle machine or with a "
         "larger `bench.min_seconds`; the load average is under Environment.",
     ]
     return [
