@@ -303,7 +303,8 @@ def test_embedding_tables_are_stored_as_int8_rows_gathered_before_they_are_dequa
     torch.manual_seed(0)
     teacher, tokens = zoo.tiny_bert().eval(), named(zoo.token_data(8))
     x = as_example(tokens)
-    plan = _plan(teacher, x)
+    # float activations: an int8 code that float sums round differently is not what is tested
+    plan = _plan(teacher, x, overrides=["quant.activation_bits=32"])
     assert plan.embeddings == {"tokens": 8, "positions": 8}
     student = prepare_qat(clone_model(teacher), plan).eval()
     with torch.no_grad():

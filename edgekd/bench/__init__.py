@@ -66,6 +66,10 @@ def run(ctx: Context) -> Context:
             timed = _trials(ctx, runtime, pair, sessions, floor) if sessions else {}
             for batch in cfg.batches:
                 stats = timed.get(batch, {})
+                # teacher / student, paired by round
+                speedup = (
+                    paired_ratio(stats["teacher"], stats["student"]).to_dict() if stats else None
+                )
                 if "floor" in stats:
                     floors.append(
                         {"target": target.name, "runtime": rt.name, "batch": batch,
@@ -96,11 +100,10 @@ def run(ctx: Context) -> Context:
                             throughput_ips=s.throughput(batch),
                             runs=s.runs,
                         )
-                    if model == "student" and stats:  # teacher / student, paired by round
-                        row["speedup"] = paired_ratio(stats["teacher"], s).to_dict()
+                    if model == "student" and speedup:
+                        row["speedup"] = speedup
                     results.append(row)
-                if stats:
-                    speedup = results[-1]["speedup"]
+                if speedup:
                     ctx.log(
                         f"  {target.name}/{rt.name} batch {batch}: teacher {stats['teacher'].p50:.3f} ms, "
                         f"student {stats['student'].p50:.3f} ms (teacher/student "

@@ -73,13 +73,23 @@ class Ratio:
                 "trials": self.trials, "steady": self.steady}  # fmt: skip
 
 
+def _round_ratios(a: LatencyStats, b: LatencyStats) -> list[np.ndarray]:
+    """Per trial, ``a``'s block medians over ``b``'s, round by round."""
+    return [np.asarray(ta) / np.asarray(tb) for ta, tb in zip(a.rounds, b.rounds, strict=True)]
+
+
+def median_ratio(a: LatencyStats, b: LatencyStats) -> float:
+    """``paired_ratio``'s value alone, without its interval (no resampling)."""
+    return float(np.median(np.concatenate(_round_ratios(a, b))))
+
+
 def paired_ratio(a: LatencyStats, b: LatencyStats, resamples: int = 2000, seed: int = 0) -> Ratio:
     """How many times ``a``'s latency ``b``'s is, round by round: both ran in the same round,
     so load that comes and goes hits both and cancels in their ratio. The interval resamples
     trials, then rounds within each (percentile bootstrap, seeded: the same samples give the
     same interval): reopened sessions of the same two models moved ONNX Runtime's b32 ratio
     from 2.85x to 2.97x here, each within +-0.05, so rounds alone understate the spread."""
-    trials = [np.asarray(ta) / np.asarray(tb) for ta, tb in zip(a.rounds, b.rounds, strict=True)]
+    trials = _round_ratios(a, b)
     rng = np.random.default_rng(seed)
     medians = []
     for _ in range(resamples):
@@ -88,8 +98,8 @@ def paired_ratio(a: LatencyStats, b: LatencyStats, resamples: int = 2000, seed: 
             np.median(np.concatenate([t[rng.integers(0, len(t), len(t))] for t in picked]))
         )
     low, high = np.percentile(medians, [2.5, 97.5])
-    pooled = np.concatenate(trials)
-    return Ratio(float(np.median(pooled)), float(low), float(high), len(pooled), len(trials))
+    rounds = sum(map(len, trials))
+    return Ratio(median_ratio(a, b), float(low), float(high), rounds, len(trials))
 
 
 def measure_interleaved(
